@@ -1,0 +1,19 @@
+"""digitlib: the library behind the digits course (handwritten digits on MNIST with PyTorch).
+
+The notebooks teach each piece, then import it from here::
+
+    import digitlib as dl
+    splits = dl.data.load_splits()
+"""
+
+from . import checkpoints, data, models, plots, preprocess, training
+from .config import data_dir, figures_dir, models_dir, smoke_test
+from .errors import CheckpointError, DataError, DigitlibError, ImageError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError", "DataError", "DigitlibError", "ImageError",
+    "checkpoints", "data", "data_dir", "figures_dir", "models", "models_dir", "plots", "preprocess",
+    "smoke_test", "training",
+]

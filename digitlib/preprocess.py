@@ -1,0 +1,130 @@
+"""Turn any picture of one digit into what the models were trained on, the way MNIST was made.
+
+MNIST's digits were size-normalised to fit a 20x20 box (keeping their aspect ratio, with
+anti-aliasing) and then centred by centre of mass in a 28x28 field. ``to_mnist`` does the same
+to a photo, a scan or a drawing; each step is its own small function so notebook 05 can show it.
+The predict CLI and the drawing pad both go through ``preprocess``: one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+BOX = 20  # MNIST's digits fit a 20x20 box...
+SIZE = 28  # ...centred in 28x28
+MAX_PIXELS = 50_000_000  # refuse anything larger: decoding it alone would take seconds and GBs
+WORK_SIDE = 1024  # larger pictures are shrunk to this first; a digit needs no more
+INK_FLOOR = 0.05  # ink weaker than this (relative to the strongest) is paper noise
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open an image file (PNG, JPEG, BMP, GIF, ...), refusing missing, unreadable or huge files."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"{path}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,}); crop it to the digit"
+                )
+            image.seek(0)  # first frame of an animated GIF
+            image.load()
+            return image.copy()
+    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
+        raise ImageError(f"{path}: not an image PIL can read ({type(error).__name__}); use PNG, JPEG, BMP or GIF") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+
+
+def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Ink strength in [0, 1] (1 = full ink) from any image, whatever its colours or polarity.
+
+    A transparent background means the alpha channel is the ink. Otherwise the image is turned
+    to grey and its border decides the polarity: a light border means dark ink on light paper.
+    The paper's level is subtracted and the strongest ink scaled to 1.
+    """
+    if isinstance(image, np.ndarray):
+        array = image.astype(np.float32)
+        if array.ndim == 3:
+            array = array[..., :3].mean(axis=2) if array.shape[2] >= 3 else array[..., 0]
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    if max(image.size) > WORK_SIDE:
+        image = image.copy()
+        image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255
+        if alpha.min() < 0.5:  # a transparent background: the opaque strokes are the ink
+            return alpha
+    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    paper = float(np.median(border))
+    ink = grey - paper if paper < 0.5 else paper - grey
+    peak = float(ink.max())
+    if peak <= 0:
+        return np.zeros_like(grey)
+    return np.clip(ink / peak, 0, 1)
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    """The smallest box holding all ink above the noise floor. Raises ImageError if there is none."""
+    mask = ink > INK_FLOOR
+    if not mask.any():
+        raise ImageError("the image is blank: no digit found")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return np.where(crop > INK_FLOOR, crop, 0).astype(np.float32)
+
+
+def fit_box(crop: np.ndarray, box: int = BOX) -> np.ndarray:
+    """Scale so the longer side is ``box`` pixels, keeping the aspect ratio.
+
+    Shrinking uses an area filter (each output pixel averages the input pixels it covers),
+    which anti-aliases like MNIST; growing a tiny image uses bilinear interpolation.
+    """
+    height, width = crop.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 wants (w, h)
+    if size == (width, height):
+        return crop
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return np.clip(cv2.resize(crop, size, interpolation=interpolation), 0, 1)
+
+
+def center_by_mass(digit: np.ndarray, size: int = SIZE) -> np.ndarray:
+    """Place ``digit`` in a ``size`` x ``size`` field so its centre of mass is the field's centre."""
+    height, width = digit.shape
+    total = float(digit.sum())
+    rows, cols = np.arange(height), np.arange(width)
+    centre_row = float(digit.sum(axis=1) @ rows) / total
+    centre_col = float(digit.sum(axis=0) @ cols) / total
+    top = int(round(size / 2 - centre_row))  # MNIST puts the centre of mass at (14, 14)
+    left = int(round(size / 2 - centre_col))
+    # Keep the whole digit inside the field even when its mass is far off-centre.
+    top = min(max(top, 0), size - height)
+    left = min(max(left, 0), size - width)
+    field = np.zeros((size, size), dtype=np.float32)
+    field[top : top + height, left : left + width] = digit
+    return field
+
+
+def to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
+    """Any image of one digit → float32 (28, 28) in [0, 1], white ink on black, like MNIST."""
+    return center_by_mass(fit_box(crop_to_ink(ink_map(image))))
+
+
+def preprocess(image: Image.Image | np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """``to_mnist`` plus the training normalisation: a (1, 1, 28, 28) float tensor for a model."""
+    digit = torch.from_numpy(to_mnist(image))
+    return digit.sub(mean).div(std).reshape(1, 1, SIZE, SIZE)
