@@ -259,3 +259,36 @@ def _restore(checkpoint, model, optimizer, scheduler, scaler, epochs):
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{checkpoint} does not fit this model or optimizer: {error}".splitlines()[0]) from None
     return state["epoch"], payload["history"], payload["state_dict"]
+
+
+def load_or_train(
+    arch: str,
+    path: str | os.PathLike | None = None,
+    epochs: int = 2,
+    train_limit: int = 6000,
+    device: str | torch.device | None = None,
+    log: Callable[[str], None] | None = print,
+):
+    """(model in eval mode, checkpoint info) from ``path`` (default ``models_dir()/<arch>.pt``).
+
+    When there is no checkpoint yet, train a small one (``train_limit`` images, ``epochs``,
+    no augmentation: a minute on a CPU), save it there, and say so through ``log``.
+    """
+    from .checkpoints import load_checkpoint
+    from .config import models_dir
+    from .data import load_splits, make_loaders
+    from .models import build_model
+
+    path = Path(path) if path is not None else models_dir() / f"{arch}.pt"
+    if not path.exists():
+        if log:
+            log(f"no checkpoint at {path}: training a small {arch} ({train_limit:,} images, {epochs} epochs) instead")
+        seed_everything(0)
+        splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000)
+        train_loader, val_loader, _ = make_loaders(splits, batch_size=64, augment=False, num_workers=0)
+        fit(
+            build_model(arch), train_loader, val_loader, epochs, device=device, checkpoint=path,
+            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0},
+            progress=False, log=None,
+        )
+    return load_checkpoint(path, device=pick_device(device), arch=arch)
