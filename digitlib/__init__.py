@@ -6,7 +6,7 @@ The notebooks teach each piece, then import it from here::
     splits = dl.data.load_splits()
 """
 
-from . import checkpoints, data, evaluation, models, plots, preprocess, training
+from . import bench, checkpoints, data, drawing, evaluation, models, plots, preprocess, training
 from .config import data_dir, figures_dir, models_dir, smoke_test
 from .errors import CheckpointError, DataError, DigitlibError, ImageError
 
@@ -14,6 +14,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "DataError", "DigitlibError", "ImageError",
-    "checkpoints", "data", "data_dir", "evaluation", "figures_dir", "models", "models_dir", "plots", "preprocess",
+    "bench", "checkpoints", "data", "data_dir", "drawing", "evaluation", "figures_dir", "models", "models_dir", "plots", "preprocess",
     "smoke_test", "training",
 ]

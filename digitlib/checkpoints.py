@@ -133,6 +133,10 @@ def update_checkpoint(path: str | os.PathLike, **fields) -> Path:
 
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # torch's weights-only refusal puts the reason on a later line.
-    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
-    return reason[:200] or type(error).__name__
+    # torch's weights-only refusal and load_state_dict's mismatches put the reason on a later
+    # line, under a header that ends in a colon.
+    details = [line for line in lines if not line.endswith(":")] or lines
+    reason = next((line for line in lines if "WeightsUnpickler error" in line), details[0] if details else "")
+    if len(reason) > 200:
+        reason = reason[:199] + "…"
+    return reason or type(error).__name__

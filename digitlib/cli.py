@@ -1,4 +1,4 @@
-"""``python -m digitlib``: data, train, bench (evaluate and predict join them later in the course).
+"""``python -m digitlib``: data, train, bench, evaluate and predict.
 
 Expected failures (missing data, a bad checkpoint, an unreadable image) print one line on
 stderr and exit with status 2; argparse reports bad flags itself.
@@ -72,13 +72,13 @@ def _train(args) -> int:
 
     limit = args.limit or (2000 if smoke_test() else None)
     out = args.out or models_dir() / f"{args.model}.pt"
+    device = training.pick_device(args.device)  # a bad --device fails before any data is loaded
     training.seed_everything(args.seed)
     splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None)
     train_loader, val_loader, test_loader = data.make_loaders(
         splits, args.batch_size, augment=args.augment, num_workers=args.workers, seed=args.seed
     )
     model = build_model(args.model)
-    device = training.pick_device(args.device)
     print(
         f"{args.model}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
         f"{len(splits.val_labels):,} validation images, device {device}"
@@ -147,6 +147,137 @@ def _bench(args) -> int:
     return 0
 
 
+def _add_evaluate_command(commands) -> None:
+    parser = commands.add_parser(
+        "evaluate", help="measure a checkpoint on the test set: accuracy, loss, errors, latency",
+        description="Print a checkpoint's test accuracy and loss, per-class accuracy and most-confused "
+        "pairs on the official test set, then the CPU latency of preprocessing plus the forward pass "
+        "for one image and the batch throughput.",
+    )
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="use only the first N test images (default: all 10,000; 1,000 in smoke mode)")
+    parser.add_argument("--top", type=_positive_int, default=5, help="most-confused pairs to list (default: 5)")
+    parser.add_argument("--repeats", type=_non_negative_int, default=None,
+                        help="timed runs for the one-image latency; 0 skips timing (default: 200; 20 in smoke mode)")
+    parser.add_argument("--device", default="auto", help="device for the test-set pass: cuda, mps, cpu or auto (default: auto)")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args) -> int:
+    import torch
+
+    from . import data, evaluation
+    from .checkpoints import load_checkpoint
+    from .models import count_parameters
+    from .training import pick_device
+
+    path = args.model or evaluation.best_checkpoint()
+    device = pick_device(args.device)
+    model, info = load_checkpoint(path, device)
+    mean, std = _normalization(info, path)
+    limit = args.limit or (1000 if smoke_test() else None)
+    images, labels = data.load_mnist(train=False)
+    images, labels = images[:limit], labels[:limit]
+    metrics = evaluation.evaluate_model(model, evaluation.make_test_loader(images, labels, mean, std), device, args.top)
+
+    print(f"{path}: {info['arch']}, {count_parameters(model):,} parameters, "
+          f"{info.get('epochs_completed', '?')} epochs (best {info.get('best_epoch', '?')})")
+    print(f"test images  {metrics['n']:,}")
+    print(f"accuracy     {metrics['accuracy']:.2%}  ({metrics['correct']:,} correct)")
+    print(f"loss         {metrics['loss']:.4f}")
+    print("per-class accuracy")
+    print("  digit " + "".join(f"{digit:>8}" for digit in range(10)))
+    print("  acc   " + "".join(f"{accuracy:>8.2%}" for accuracy in metrics["per_class_accuracy"]))
+    print("most-confused pairs (true -> predicted: count)")
+    for true, predicted, count in metrics["most_confused"]:
+        print(f"  {true} -> {predicted}: {count}")
+    if not metrics["most_confused"]:
+        print("  none: every image is right")
+
+    repeats = 20 if args.repeats is None and smoke_test() else 200 if args.repeats is None else args.repeats
+    if repeats:
+        model = model.cpu()
+        drawing = evaluation.as_drawing(images[0])
+        latency = evaluation.single_image_latency(model, drawing, mean, std, repeats=repeats)
+        print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
+              f"{drawing.width}x{drawing.height} drawing: preprocessing {latency['preprocess_ms']:.2f} ms + forward "
+              f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
+        batches = data.normalize(images, mean, std)
+        throughput = evaluation.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
+        print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
+              f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
+    return 0
+
+
+def _normalization(info: dict, path) -> tuple[float, float]:
+    from .errors import CheckpointError
+
+    normalization = info.get("normalization") or {}
+    if "mean" not in normalization or "std" not in normalization:
+        raise CheckpointError(f"{path} does not record its training normalisation (mean, std): train it again.")
+    return float(normalization["mean"]), float(normalization["std"])
+
+
+def _add_predict_command(commands) -> None:
+    parser = commands.add_parser(
+        "predict", help="read the digit in image files (PNG, JPEG, BMP, GIF)",
+        description="Predict the digit in each image: any size, colour or polarity (dark on light or light "
+        "on dark, or strokes on a transparent background). Each picture is made MNIST-like first: "
+        "cropped to its ink, scaled to 20 px and centred by mass in 28x28.",
+        epilog="Exit status: 0 when every file was read, 1 when some could not be (one line each on "
+        "stderr; the others are still predicted), 2 when the model cannot be loaded.",
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
+    parser.add_argument("--top", type=_positive_int, default=1, help="list the K most likely digits (default: 1)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.set_defaults(handler=_predict)
+
+
+def _predict(args) -> int:
+    import json
+
+    import torch
+
+    from . import evaluation
+    from .checkpoints import load_checkpoint
+    from .errors import ImageError
+    from .preprocess import load_image
+
+    path = args.model or evaluation.best_checkpoint()
+    model, info = load_checkpoint(path, "cpu")
+    mean, std = _normalization(info, path)
+    torch.set_num_threads(1)  # one small image at a time: a second thread only adds overhead
+    results, failed = [], 0
+    if not args.json:
+        recorded = evaluation.recorded_accuracy(info)
+        accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
+        print(f"model {path} ({info['arch']}{accuracy})")
+        width = max(len(str(image)) for image in args.images)
+        print(f"{'image':<{width}}  digit  probability" + ("  top " + str(args.top) if args.top > 1 else ""), flush=True)
+    for image_path in args.images:
+        try:
+            top = evaluation.predict_image(model, load_image(image_path), mean, std, args.top)
+        except ImageError as error:
+            message = str(error)
+            print(f"error: {message if message.startswith(str(image_path)) else f'{image_path}: {message}'}",
+                  file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        digit, probability = top[0]
+        results.append({"file": str(image_path), "digit": digit, "probability": probability,
+                        "top": [{"digit": d, "probability": p} for d, p in top]})
+        if not args.json:
+            others = "  " + ", ".join(f"{d} {p:.1%}" for d, p in top) if args.top > 1 else ""
+            print(f"{str(image_path):<{width}}  {digit:>5}  {probability:>11.1%}{others}", flush=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
 def _number(kind, minimum: float, exclusive: bool, wording: str):
     def parse(text: str):
         try:
@@ -167,7 +298,9 @@ _positive_float = _number(float, 0.0, True, "a positive number")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitlib", description="The digits course's command line.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_data_command, _add_train_command, _add_bench_command):
+    for add in (
+        _add_data_command, _add_train_command, _add_bench_command, _add_evaluate_command, _add_predict_command,
+    ):
         add(commands)
     return parser
 

@@ -1,13 +1,31 @@
-"""Measuring trained models: predictions, per-class accuracy and more (notebook 04)."""
+"""Measuring trained models (notebook 04 and ``python -m digitlib evaluate``/``predict``).
+
+Everything starts from one pass over the test set, :func:`predict_proba`; the metrics, the
+confusion matrix, the report and the gallery of mistakes are computed from its output, so a
+model is run once however many views of its errors we take.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-from sklearn.metrics import confusion_matrix
-from torch import nn
+import contextlib
+import os
+import statistics
+import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from sklearn import metrics as sk_metrics
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .errors import CheckpointError, DigitlibError
+from .preprocess import preprocess
 from .training import _to_device, pick_device
+
+CLASSES = tuple(range(10))
 
 
 @torch.no_grad()
@@ -23,7 +41,239 @@ def predict_proba(model: nn.Module, loader, device: str | torch.device | None = 
     return torch.cat(probabilities), torch.cat(labels)
 
 
+def make_test_loader(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000) -> DataLoader:
+    """A loader over uint8 test ``images``, normalised with a checkpoint's training ``mean`` and ``std``."""
+    from .data import DigitDataset
+
+    return DataLoader(DigitDataset(images, labels, mean, std), batch_size)
+
+
+def classification_metrics(probabilities, labels) -> dict:
+    """Headline numbers from predicted probabilities (N, 10) and true labels (N,).
+
+    ``loss`` is the mean negative log-likelihood, the quantity training minimised (a probability
+    that underflowed to 0 counts as the smallest float32, so one hopeless mistake cannot make it
+    infinite).
+    """
+    probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels)
+    predictions = probabilities.argmax(dim=1)
+    true_class = probabilities.gather(1, labels.view(-1, 1)).squeeze(1)
+    correct = int((predictions == labels).sum())
+    return {
+        "n": len(labels),
+        "correct": correct,
+        "accuracy": correct / len(labels),
+        "loss": float(-true_class.clamp_min(torch.finfo(torch.float32).tiny).log().mean()),
+        "per_class_accuracy": per_class_accuracy(labels, predictions),
+    }
+
+
 def per_class_accuracy(labels, predictions, num_classes: int = 10) -> np.ndarray:
     """Accuracy on each true class: the confusion matrix's diagonal over its row sums."""
-    matrix = confusion_matrix(np.asarray(labels), np.asarray(predictions), labels=range(num_classes))
+    matrix = confusion_matrix(labels, predictions, num_classes=num_classes)
     return matrix.diagonal() / np.maximum(matrix.sum(axis=1), 1)
+
+
+def confusion_matrix(labels, predictions, normalize: str | None = None, num_classes: int = 10) -> np.ndarray:
+    """scikit-learn's confusion matrix: row = true digit, column = prediction.
+
+    ``normalize="true"`` divides each row by its count, so a row shows where that digit's images went.
+    """
+    return sk_metrics.confusion_matrix(
+        np.asarray(labels), np.asarray(predictions), labels=range(num_classes), normalize=normalize
+    )
+
+
+def classification_report(labels, predictions, output_dict: bool = False):
+    """scikit-learn's precision/recall/F1 per digit, as text (``output_dict=False``) or a dict."""
+    return sk_metrics.classification_report(
+        np.asarray(labels), np.asarray(predictions), labels=list(CLASSES),
+        target_names=[str(digit) for digit in CLASSES], digits=4, output_dict=output_dict, zero_division=0,
+    )
+
+
+def most_confused(matrix: np.ndarray, top: int = 5) -> list[tuple[int, int, int]]:
+    """The ``top`` largest off-diagonal cells of a confusion matrix as (true, predicted, count).
+
+    Only pairs that happened (count > 0); ties keep the order (true, predicted).
+    """
+    matrix = np.asarray(matrix)
+    off_diagonal = [
+        (true, predicted, int(matrix[true, predicted]))
+        for true in range(matrix.shape[0]) for predicted in range(matrix.shape[1])
+        if true != predicted and matrix[true, predicted] > 0
+    ]
+    return sorted(off_diagonal, key=lambda pair: -pair[2])[:top]
+
+
+def misclassified(probabilities, labels) -> pd.DataFrame:
+    """One row per mistake, most confident first.
+
+    Columns: ``index`` (into the test set), ``true``, ``predicted`` and its ``probability``, the
+    runner-up digit ``second`` and ``second_probability``, and the probability given to the
+    true digit, ``true_probability``.
+    """
+    probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels)
+    top2 = probabilities.topk(2, dim=1)
+    wrong = torch.nonzero(top2.indices[:, 0] != labels).squeeze(1)
+    table = pd.DataFrame({
+        "index": wrong.numpy(),
+        "true": labels[wrong].numpy(),
+        "predicted": top2.indices[wrong, 0].numpy(),
+        "probability": top2.values[wrong, 0].numpy(),
+        "second": top2.indices[wrong, 1].numpy(),
+        "second_probability": top2.values[wrong, 1].numpy(),
+        "true_probability": probabilities[wrong, labels[wrong]].numpy(),
+    })
+    return table.sort_values("probability", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def average_probabilities(*probabilities) -> torch.Tensor:
+    """A small ensemble: the mean of several models' probabilities for the same images."""
+    return torch.stack([torch.as_tensor(p) for p in probabilities]).mean(dim=0)
+
+
+def evaluate_model(model: nn.Module, loader, device: str | torch.device | None = None, top: int = 5) -> dict:
+    """Everything ``python -m digitlib evaluate`` prints, from one pass over ``loader``.
+
+    :func:`classification_metrics` plus the ``confusion_matrix`` and the ``top`` most-confused pairs.
+    """
+    probabilities, labels = predict_proba(model, loader, device)
+    metrics = classification_metrics(probabilities, labels)
+    metrics["confusion_matrix"] = confusion_matrix(labels, probabilities.argmax(dim=1))
+    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], top)
+    return metrics
+
+
+# --- One image at a time: the predict CLI and the drawing pad ----------------------------------
+
+
+@torch.inference_mode()
+def predict_image(model: nn.Module, image, mean: float, std: float, top: int = 3) -> list[tuple[int, float]]:
+    """The ``top`` most likely digits for one picture, as (digit, probability), most likely first.
+
+    ``image`` is anything :func:`digitlib.preprocess.preprocess` takes (a PIL image or an array);
+    ``mean``/``std`` are the checkpoint's training normalisation. The model must be on the CPU.
+    """
+    probabilities = model(preprocess(image, mean, std))[0].exp()
+    values, digits = probabilities.topk(min(top, len(probabilities)))
+    return [(int(d), float(v)) for d, v in zip(digits, values)]
+
+
+def as_drawing(image, side: int = 280) -> Image.Image:
+    """An MNIST digit (28, 28) as a user would give it: dark ink on white, RGB, ``side`` pixels wide.
+
+    A realistic input for timing the whole path, and for testing that preprocessing undoes it.
+    """
+    grey = Image.fromarray(255 - np.asarray(image, dtype=np.uint8))
+    return grey.resize((side, side), Image.Resampling.BILINEAR).convert("RGB")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` intra-op threads (None: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def single_image_latency(
+    model: nn.Module, image, mean: float, std: float, repeats: int = 200, warmup: int = 20, threads: int | None = 1
+) -> dict:
+    """Time preprocessing plus the forward pass for one image, in this process on the CPU.
+
+    Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
+    and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
+    a single 28x28 image is too little work to share, and on a busy two-core machine a second
+    thread made it several times slower (measured).
+    """
+    model = model.cpu().eval()
+    totals, preprocess_times, forward_times = [], [], []
+    with torch_threads(threads), torch.inference_mode():
+        for run in range(warmup + repeats):
+            started = time.perf_counter()
+            x = preprocess(image, mean, std)
+            prepared = time.perf_counter()
+            model(x)
+            finished = time.perf_counter()
+            if run >= warmup:
+                totals.append(finished - started)
+                preprocess_times.append(prepared - started)
+                forward_times.append(finished - prepared)
+    milliseconds = 1000 * np.asarray(totals)
+    return {
+        "median_ms": float(np.median(milliseconds)),
+        "p90_ms": float(np.percentile(milliseconds, 90)),
+        "preprocess_ms": 1000 * statistics.median(preprocess_times),
+        "forward_ms": 1000 * statistics.median(forward_times),
+        "repeats": repeats,
+        "threads": torch.get_num_threads() if threads is None else threads,
+    }
+
+
+def batch_throughput(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, repeats: int = 3, threads: int | None = None
+) -> dict:
+    """Images per second for the forward pass over normalised ``images`` (N, 1, 28, 28) in batches.
+
+    The best of ``repeats`` passes (after one warm-up batch), all threads by default.
+    """
+    model = model.cpu().eval()
+    batches = list(images.split(batch_size))
+    with torch_threads(threads), torch.inference_mode():
+        model(batches[0])
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for batch in batches:
+                model(batch)
+            seconds.append(time.perf_counter() - started)
+    best = min(seconds)
+    return {"images_per_s": len(images) / best, "batch_size": batch_size, "images": len(images), "seconds": best}
+
+
+# --- Which checkpoint to use -------------------------------------------------------------------
+
+
+def recorded_accuracy(info: dict) -> tuple[str, float] | None:
+    """("test" or "val", accuracy) recorded in a checkpoint's metrics, test preferred; None if neither."""
+    metrics = info.get("metrics") or {}
+    for split in ("test", "val"):
+        if metrics.get(f"{split}_accuracy") is not None:
+            return split, float(metrics[f"{split}_accuracy"])
+    return None
+
+
+def best_checkpoint(folder: str | os.PathLike | None = None) -> Path:
+    """The checkpoint in ``folder`` (default ``models_dir()``) with the highest recorded accuracy.
+
+    Test accuracy where recorded, else validation accuracy. Unreadable files are skipped; raises
+    :class:`CheckpointError` when none is usable.
+    """
+    from .checkpoints import read_checkpoint
+    from .config import models_dir
+
+    folder = Path(folder) if folder is not None else models_dir()
+    scored = []
+    for path in sorted(folder.glob("*.pt")):
+        try:
+            recorded = recorded_accuracy(read_checkpoint(path))
+        except DigitlibError:
+            continue
+        if recorded is not None:
+            scored.append((recorded[1], path))
+    if not scored:
+        raise CheckpointError(
+            f"no usable checkpoint in {folder}: train one with `python -m digitlib train` "
+            "(or run notebook 02), or pass --model PATH."
+        )
+    return max(scored, key=lambda item: item[0])[1]
+
+
+def file_size_mb(path: str | os.PathLike) -> float:
+    """A file's size in megabytes (10^6 bytes)."""
+    return Path(path).stat().st_size / 1e6

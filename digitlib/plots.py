@@ -1,10 +1,13 @@
-"""Figures the notebooks share. Each function draws on a new or given Axes and returns it."""
+"""Figures the notebooks share. Each function returns what it drew: the Axes (new or given), or the
+Figure for a grid of images, so notebooks and tests can assert on it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
 from .config import figures_dir
 
@@ -16,3 +19,212 @@ def save_figure(figure: plt.Figure, name: str) -> Path:
     path = folder / f"{name}.png"
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+# --- notebook 01: looking at the data ----------------------------------------------------------
+
+
+def _as_array(image) -> np.ndarray:
+    """A torch tensor or array-like image as a 2-D numpy array (a leading channel of 1 dropped)."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    return array.squeeze(0) if array.ndim == 3 and array.shape[0] == 1 else array
+
+
+def image_grid(images, titles=None, ncols: int = 10, cmap: str = "gray", size: float = 1.1, **imshow) -> plt.Figure:
+    """Small images in rows of ``ncols``, each with an optional title; returns the Figure.
+
+    ``images`` is a sequence of (28, 28) arrays or tensors (a (N, 28, 28) or (N, 1, 28, 28) tensor
+    works too). uint8 images share the 0..255 scale; other dtypes are scaled per image unless
+    ``vmin``/``vmax`` are given. Axes keep no ticks but can still take a ``set_ylabel``.
+    """
+    images = [_as_array(image) for image in images]
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    ncols = max(1, min(ncols, len(images)))
+    nrows = max(1, -(-len(images) // ncols))
+    figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.25 * (titles is not None)),
+                                squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index >= len(images):
+            ax.set_axis_off()
+            continue
+        image = images[index]
+        scale = {"vmin": 0, "vmax": 255} if image.dtype == np.uint8 else {}
+        ax.imshow(image, cmap=cmap, **{**scale, **imshow})
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+    figure.tight_layout(pad=0.3)
+    return figure
+
+
+def sample_grid(images, labels, per_class: int = 8, seed: int = 0) -> plt.Figure:
+    """``per_class`` random examples of every digit, one row per class; returns the Figure."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    chosen = [rng.choice(np.flatnonzero(labels == digit), per_class, replace=False) for digit in classes]
+    figure = image_grid([images[int(i)] for i in np.concatenate(chosen)], ncols=per_class)
+    for row, digit in enumerate(classes):
+        figure.axes[row * per_class].set_ylabel(str(digit), rotation=0, labelpad=10, fontsize=12, va="center")
+    return figure
+
+
+def class_balance(labels_by_split: dict, ax: plt.Axes | None = None) -> plt.Axes:
+    """Share of each digit (%) in every split, as grouped bars; returns the Axes.
+
+    ``labels_by_split`` maps a split's name to its labels, e.g. ``{"train": ..., "test": ...}``.
+    """
+    ax = ax or plt.subplots(figsize=(9, 3.5))[1]
+    digits, shares, splits = [], [], []
+    for name, labels in labels_by_split.items():
+        labels = np.asarray(labels)
+        counts = np.bincount(labels, minlength=10)
+        digits += list(range(len(counts)))
+        shares += list(100 * counts / len(labels))
+        splits += [f"{name} ({len(labels):,})"] * len(counts)
+    sns.barplot(x=digits, y=shares, hue=splits, ax=ax)
+    ax.axhline(100 / 10, color="black", linewidth=0.8, linestyle="--")
+    ax.set(xlabel="digit", ylabel="share of the split (%)", title="Class balance")
+    ax.legend(title=None, loc="lower right", fontsize=8)
+    return ax
+
+
+def pixel_histogram(images, ax: plt.Axes | None = None) -> plt.Axes:
+    """How often each grey level 0..255 occurs among the pixels (log scale); returns the Axes."""
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    counts = np.bincount(np.asarray(images, dtype=np.uint8).ravel(), minlength=256)
+    ax.stairs(counts, np.arange(257), fill=True)
+    ax.set(yscale="log", xlim=(0, 256), xlabel="pixel value", ylabel="pixels",
+           title=f"Pixel values of {len(images):,} images")
+    return ax
+
+
+def ink_by_class(images, labels, ax: plt.Axes | None = None) -> plt.Axes:
+    """Distribution of each image's mean pixel value (its "ink"), one box per digit; returns the Axes."""
+    ax = ax or plt.subplots(figsize=(6, 3.5))[1]
+    images = np.asarray(images)
+    ink = images.reshape(len(images), -1).mean(axis=1) / 255
+    sns.boxplot(x=np.asarray(labels), y=ink, ax=ax, fliersize=1, color="tab:blue")
+    ax.set(xlabel="digit", ylabel="mean pixel value (0..1)", title="Ink per image")
+    return ax
+
+
+def mean_digits(class_means, ncols: int = 10) -> plt.Figure:
+    """The mean image of each class on one shared colour scale, titled by class; returns the Figure."""
+    class_means = [_as_array(mean) for mean in class_means]
+    top = max(float(mean.max()) for mean in class_means)
+    return image_grid(class_means, [str(digit) for digit in range(len(class_means))], ncols,
+                      cmap="magma", size=1.3, vmin=0, vmax=top)
+
+
+def embedding_scatter(points, labels, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """A 2-D embedding coloured by class, each digit written at its cluster's median; returns the Axes."""
+    ax = ax or plt.subplots(figsize=(5.5, 5))[1]
+    points, labels = np.asarray(points), np.asarray(labels)
+    sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels, palette="tab10", s=10, linewidth=0,
+                    legend="full", ax=ax)
+    for digit in np.unique(labels):
+        x, y = np.median(points[labels == digit], axis=0)
+        ax.annotate(str(digit), (x, y), fontsize=14, weight="bold", ha="center", va="center",
+                    bbox={"boxstyle": "circle,pad=0.2", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
+    ax.set(xticks=[], yticks=[], title=title)
+    ax.legend(title="digit", fontsize=7, title_fontsize=8, markerscale=1.5, loc="best")
+    return ax
+
+
+def augmentation_gallery(original, augmented, ncols: int = 8) -> plt.Figure:
+    """The original image first, then its augmented draws, in rows of ``ncols``; returns the Figure."""
+    augmented = list(augmented)
+    titles = ["original"] + [f"draw {index}" for index in range(1, len(augmented) + 1)]
+    figure = image_grid([original, *augmented], titles, ncols)
+    for spine in figure.axes[0].spines.values():  # frame the original
+        spine.set_visible(True)
+        spine.set(color="tab:red", linewidth=2)
+    return figure
+
+
+# --- notebooks 02 and 03: training -------------------------------------------------------------
+
+
+def training_curves(history: dict, title: str | None = None) -> plt.Figure:
+    """Loss and accuracy per epoch, training against validation, side by side; returns the Figure.
+
+    ``history`` is what :func:`digitlib.training.fit` returns (or a checkpoint's ``history``).
+    """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, PercentFormatter
+
+    figure, (loss_ax, accuracy_ax) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    for split, label, marker in (("train", "training", "o"), ("val", "validation", "s")):
+        loss_ax.plot(history["epoch"], history[f"{split}_loss"], marker=marker, label=label)
+        accuracy_ax.plot(history["epoch"], history[f"{split}_accuracy"], marker=marker, label=label)
+    loss_ax.set(xlabel="epoch", ylabel="NLL loss (log scale)", title="Loss", yscale="log")
+    # Plain numbers at 1, 2, 3 and 5 times a power of ten: readable, never crowded.
+    plain = FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "1235" else "")
+    loss_ax.yaxis.set_major_formatter(plain)
+    loss_ax.yaxis.set_minor_formatter(plain)
+    accuracy_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+    accuracy_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    for ax in (loss_ax, accuracy_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def lr_schedule(learning_rates, steps_per_epoch: int | None = None, ax: plt.Axes | None = None,
+                title: str = "Learning rate per optimizer step") -> plt.Axes:
+    """The learning rate at every optimizer step; with ``steps_per_epoch`` the x axis counts epochs.
+
+    ``learning_rates`` is e.g. :func:`digitlib.training.learning_rates`; returns the Axes.
+    """
+    ax = ax or plt.subplots(figsize=(7, 3.2))[1]
+    rates = np.asarray(learning_rates, dtype=float)
+    steps = np.arange(len(rates))
+    x = steps / steps_per_epoch if steps_per_epoch else steps
+    ax.plot(x, rates)
+    peak = int(rates.argmax())
+    ax.plot(x[peak], rates[peak], "o", color="tab:blue")
+    ax.annotate(f"peak {rates[peak]:.1e}", (x[peak], rates[peak]), textcoords="offset points", xytext=(8, 4))
+    ax.set(xlabel="epoch" if steps_per_epoch else "step", ylabel="learning rate", title=title,
+           ylim=(0, 1.15 * rates.max()))
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None, ylabel: str = "accuracy",
+                   class_names=None, percent: bool = True, reference: float | None = None,
+                   reference_label: str = "overall") -> plt.Axes:
+    """One labelled bar per class (e.g. per-class accuracy), the weakest class highlighted; returns the Axes.
+
+    With ``percent`` the values are fractions shown as percentages. The y axis starts just below
+    the smallest value, so differences of a fraction of a percent stay visible (each bar carries
+    its value). ``reference`` draws a dashed line, e.g. the overall accuracy.
+    """
+    from matplotlib.ticker import PercentFormatter
+
+    ax = ax or plt.subplots(figsize=(8, 3.5))[1]
+    values = np.asarray(values, dtype=float)
+    names = [str(name) for name in (class_names if class_names is not None else range(len(values)))]
+    if len(names) != len(values):
+        raise ValueError(f"{len(values)} values but {len(names)} class names")
+    colors = ["tab:blue"] * len(values)
+    colors[int(values.argmin())] = "tab:orange"
+    bars = ax.bar(names, values, color=colors)
+    ax.bar_label(bars, labels=[f"{v:.1%}" if percent else f"{v:.3g}" for v in values], fontsize=8, padding=2)
+    span = max(float(values.max() - values.min()), 0.01 if percent else 1e-9)
+    low = float(values.min()) - span
+    ax.set_ylim(max(low, 0.0) if values.min() >= 0 else low, float(values.max()) + 0.35 * span)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=0.9, label=f"{reference_label} {reference:.2%}"
+                   if percent else f"{reference_label} {reference:.3g}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set(xlabel="class", ylabel=ylabel, title=title)
+    return ax

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -26,7 +26,11 @@ INK_FLOOR = 0.05  # ink weaker than this (relative to the strongest) is paper no
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file (PNG, JPEG, BMP, GIF, ...), refusing missing, unreadable or huge files."""
+    """Open an image file (PNG, JPEG, BMP, GIF, ...), refusing missing, unreadable or huge files.
+
+    A photo's EXIF orientation is applied, so a phone picture comes out the way it was taken;
+    an animated GIF gives its first frame.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
@@ -39,11 +43,35 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 )
             image.seek(0)  # first frame of an animated GIF
             image.load()
-            return image.copy()
+            return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise ImageError(f"{path}: not an image PIL can read ({type(error).__name__}); use PNG, JPEG, BMP or GIF") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+
+
+def as_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A PIL image from a PIL image or an array (H, W), (H, W, 1|2|3|4): grey, grey+alpha, RGB, RGBA.
+
+    Float arrays may hold [0, 1] or [0, 255]; 16-bit arrays are scaled to 8 bits.
+    """
+    if isinstance(image, Image.Image):
+        return image
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] > 4):
+        raise ImageError(f"an array of shape {array.shape} is not an image: expected (H, W) or (H, W, 2|3|4)")
+    if array.size == 0:
+        raise ImageError("the image is empty (0 pixels)")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        array = np.nan_to_num(array.astype(np.float32))
+        array = np.clip(array * (255 if array.max() <= 1 else 1), 0, 255).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = (array.astype(np.float32) / (257 if array.max() > 255 else 1)).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -53,21 +81,21 @@ def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
     to grey and its border decides the polarity: a light border means dark ink on light paper.
     The paper's level is subtracted and the strongest ink scaled to 1.
     """
-    if isinstance(image, np.ndarray):
-        array = image.astype(np.float32)
-        if array.ndim == 3:
-            array = array[..., :3].mean(axis=2) if array.shape[2] >= 3 else array[..., 0]
-        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8))
+    image = as_image(image)
+    if image.width == 0 or image.height == 0:
+        raise ImageError("the image is empty (0 pixels)")
+    if image.mode in ("P", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")
+    elif image.mode == "1":
+        image = image.convert("L")  # resizing would otherwise pick nearest pixels
     if max(image.size) > WORK_SIDE:
         image = image.copy()
         image.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
-    if image.mode in ("P", "PA") or "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
+    if image.mode in ("RGBA", "RGBa", "LA", "La"):
         alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255
         if alpha.min() < 0.5:  # a transparent background: the opaque strokes are the ink
             return alpha
-    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255
+    grey = _grey(image)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     paper = float(np.median(border))
     ink = grey - paper if paper < 0.5 else paper - grey
@@ -75,6 +103,17 @@ def ink_map(image: Image.Image | np.ndarray) -> np.ndarray:
     if peak <= 0:
         return np.zeros_like(grey)
     return np.clip(ink / peak, 0, 1)
+
+
+def _grey(image: Image.Image) -> np.ndarray:
+    """Brightness in [0, 1]. 16-bit and float images are read as they are: converting them to
+    8-bit "L" would clip everything above 255 to white."""
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / 65535
+    if image.mode in ("I", "F"):
+        array = np.asarray(image, dtype=np.float32)
+        return array / next((full for full in (1, 255, 65535) if array.max() <= full), float(array.max()))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:

@@ -36,7 +36,10 @@ def seed_everything(seed: int) -> None:
 def pick_device(preferred: str | torch.device | None = None) -> torch.device:
     """``preferred`` if given, else the best available: cuda, then mps, then cpu."""
     if preferred is not None and str(preferred) != "auto":
-        device = torch.device(preferred)
+        try:
+            device = torch.device(preferred)
+        except RuntimeError:
+            raise DigitlibError(f"{preferred!r} is not a device: use cuda, mps, cpu or auto.") from None
         available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
         if not available.get(device.type, False):
             raise DigitlibError(f"device {preferred!r} is not available here: use cpu or auto.")
@@ -51,8 +54,9 @@ def pick_device(preferred: str | torch.device | None = None) -> torch.device:
 def amp_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device``, or None for full fp32.
 
-    ``amp=None`` means: on for CUDA, off elsewhere. A CPU without bf16 hardware (like the
-    2-core course machine: bf16 matmul 4x slower than fp32) only gets slower under autocast.
+    ``amp=None`` means: on for CUDA, off elsewhere. A CPU without bf16 instructions emulates
+    bf16 and only gets slower under autocast; one with them (AVX-512 BF16, AMX) may gain, so
+    there it is worth measuring (notebook 03, ``python -m digitlib bench --amp``).
     CUDA uses bf16 where the GPU supports it, else fp16 (which needs a GradScaler).
     """
     if amp is None:
@@ -140,13 +144,32 @@ def test_step(
     return total_loss.item() / seen, correct.item() / seen
 
 
+test_step.__test__ = False  # a library function: pytest must not collect it where a test imports it
+
+
 def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3, max_lr=1e-2, weight_decay=1e-2):
-    """AdamW with a OneCycleLR schedule stepped once per batch."""
+    """AdamW with a OneCycleLR schedule stepped once per batch: warm up from ``lr`` to ``max_lr``,
+    then anneal far below ``lr``."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # OneCycleLR starts at max_lr / div_factor and ignores the optimizer's lr: make them agree.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, div_factor=max_lr / lr
     )
     return optimizer, scheduler
+
+
+def learning_rates(epochs: int, steps_per_epoch: int, lr: float = 1e-3, max_lr: float = 1e-2) -> list[float]:
+    """The learning rate of each of the ``epochs * steps_per_epoch`` steps ``fit`` takes.
+
+    Steps the very optimizer and scheduler ``fit`` uses, on a throwaway parameter.
+    """
+    optimizer, scheduler = make_optimizer(nn.Linear(1, 1), steps_per_epoch, epochs, lr, max_lr)
+    rates = []
+    for _ in range(epochs * steps_per_epoch):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()  # no gradients, so a no-op; keeps the scheduler's order check quiet
+        scheduler.step()
+    return rates
 
 
 def fit(

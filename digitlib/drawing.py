@@ -1,0 +1,349 @@
+"""A drawing pad for a notebook cell or a Voilà page: draw a digit, watch the models read it.
+
+The pad keeps every stroke as a list of points in Python and rasterises them itself with PIL,
+segment by segment as they arrive, instead of reading pixels back from the browser (that lags,
+and hangs some front ends). The browser canvas only mirrors the strokes for the eye. Every
+prediction goes through ``dl.preprocess.preprocess``, the predict CLI's code path.
+
+``pen_down``, ``pen_move``, ``pen_up`` and ``clear`` are what the mouse calls; tests and notebook 05
+call them too, so the whole path runs without a browser::
+
+    pad = dl.drawing.DrawingPad(dl.drawing.load_models())
+    pad                                  # shows it
+    pad.draw_strokes([[(140, 40), (140, 240)]]).digit   # 1
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import ipycanvas.canvas
+import ipywidgets as widgets
+import numpy as np
+import torch
+from ipycanvas import Canvas, hold_canvas
+from PIL import Image, ImageDraw
+from torch import nn
+
+from .preprocess import SIZE, preprocess
+
+CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
+# A digit drawn 200 px tall shrinks ten times to fit MNIST's 20 px box, so this pen becomes a
+# 2.4 px stroke: about as thick as MNIST's (notebook 05 compares their ink).
+PEN_WIDTH = 24
+PREDICT_EVERY = 0.12  # seconds between predictions while the pen moves; pen-up always predicts
+PAPER, INK = "white", "black"
+AVERAGE = "average"  # selector value: mean of all models' probabilities
+LABELS = {"cnn": "CNN", "resnet": "ResNet"}
+
+Point = tuple[float, float]
+
+
+class PadModel(NamedTuple):
+    """A trained model and the normalisation it was trained with."""
+
+    model: nn.Module
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the pad read: the digit, its ten probabilities and the 28x28 image the model saw."""
+
+    digit: int
+    probabilities: np.ndarray  # (10,), sums to 1
+    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black: to_mnist of the raster
+    model: str  # the selector's value: a model's name or AVERAGE
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities[self.digit])
+
+
+def load_models(
+    archs: Sequence[str] = ("cnn", "resnet"), log: Callable[[str], None] | None = print, **train_kwargs
+) -> dict[str, PadModel]:
+    """{"CNN": PadModel, "ResNet": PadModel}: each from ``dl.training.load_or_train`` (loads
+    ``models_dir()/<arch>.pt``, or trains a small model there first and says so through ``log``)."""
+    from .training import load_or_train
+
+    models = {}
+    for arch in archs:
+        model, info = load_or_train(arch, log=log, **train_kwargs)
+        normalization = info["normalization"]
+        models[LABELS.get(arch, arch)] = PadModel(model, float(normalization["mean"]), float(normalization["std"]))
+    return models
+
+
+def draw_segment(draw: ImageDraw.ImageDraw, start: Point, end: Point, pen_width: int = PEN_WIDTH) -> None:
+    """Ink from ``start`` to ``end`` and a round pen tip at ``end``: consecutive segments then join
+    smoothly, like a canvas line with round caps and joins. ``start == end`` draws a dot."""
+    if start != end:
+        draw.line([start, end], fill=0, width=pen_width)
+    radius = pen_width / 2
+    x, y = end
+    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=0)
+
+
+def rasterize(strokes: Sequence[Sequence[Point]], size: int = CANVAS_SIZE, pen_width: int = PEN_WIDTH) -> Image.Image:
+    """Strokes (lists of (x, y) points) as a greyscale picture: black ink on white paper."""
+    image = Image.new("L", (size, size), 255)
+    draw = ImageDraw.Draw(image)
+    for stroke in strokes:
+        previous = stroke[0]
+        for point in stroke:
+            draw_segment(draw, previous, point, pen_width)
+            previous = point
+    return image
+
+
+def _png(image: np.ndarray, scale: int) -> bytes:
+    """A float image in [0, 1] as PNG bytes, each pixel blown up to ``scale`` x ``scale``."""
+    pixels = Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    pixels.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST).save(buffer, "png")
+    return buffer.getvalue()
+
+
+@contextmanager
+def _one_thread():
+    """Run torch on one thread: one 28x28 image is too small to share, and on a busy CPU waiting
+    for a second thread made a prediction take 20-600 ms instead of 5-20 ms."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+class DrawingPad:
+    """A canvas to draw a digit on, a Clear button, a model selector, and what the models read.
+
+    ``models`` maps a name to ``(model, mean, std)`` (e.g. ``load_models()``); with more than one,
+    the selector also offers their average. Display the pad by making it a cell's last expression.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, PadModel | tuple[nn.Module, float, float]],
+        pen_width: int = PEN_WIDTH,
+        size: int = CANVAS_SIZE,
+        predict_every: float = PREDICT_EVERY,
+    ):
+        if not models:
+            raise ValueError("DrawingPad needs at least one model, e.g. DrawingPad(dl.drawing.load_models())")
+        self.models = {name: PadModel(*entry) for name, entry in models.items()}
+        for entry in self.models.values():
+            entry.model.eval()
+        self.pen_width, self.size, self.predict_every = pen_width, size, predict_every
+        self.strokes: list[list[Point]] = []
+        self.raster = Image.new("L", (size, size), 255)  # what the models read: the strokes, drawn by PIL
+        self._pen = ImageDraw.Draw(self.raster)
+        self.prediction: Prediction | None = None
+        self._pen_is_down = False
+        self._client_ready = False  # no drawing commands before a browser listens (see _on_client_ready)
+        self._last_prediction = -math.inf
+
+        self.canvas = Canvas(
+            width=size, height=size,
+            layout=widgets.Layout(width=f"{size}px", height=f"{size}px", border="1px solid #888"),
+        )
+        options = [(name, name) for name in self.models]
+        if len(self.models) > 1:
+            options.append(("both (average)" if len(self.models) == 2 else "all (average)", AVERAGE))
+        self.model_selector = widgets.ToggleButtons(
+            options=options, value=options[-1][1], style={"button_width": "auto"}
+        )
+        self.clear_button = widgets.Button(description="Clear", icon="eraser", layout=widgets.Layout(width="80px"))
+        self.digit_label = widgets.HTML(layout=widgets.Layout(height="110px")).add_class("digitlib-prediction")
+        self.detail_label = widgets.HTML()
+        self.image_view = widgets.Image(format="png", layout=widgets.Layout(width="112px", height="112px"))
+        self.bars = [
+            widgets.FloatProgress(min=0, max=1, description=str(digit), layout=widgets.Layout(width="190px"),
+                                  style={"description_width": "1.2em"})
+            for digit in range(10)
+        ]
+        self.percentages = [widgets.Label(layout=widgets.Layout(width="3.5em")) for _ in range(10)]
+        self.widget = widgets.HBox(
+            [
+                widgets.VBox([self.canvas, widgets.HBox([self.clear_button, self.model_selector])]),
+                widgets.VBox(
+                    [
+                        widgets.HBox([
+                            widgets.VBox([self.digit_label, self.detail_label], layout=widgets.Layout(width="140px")),
+                            widgets.VBox([widgets.HTML("<small>what the model saw</small>"), self.image_view]),
+                        ]),
+                        *(widgets.HBox([bar, label]) for bar, label in zip(self.bars, self.percentages)),
+                    ],
+                    layout=widgets.Layout(margin="0 0 0 16px"),
+                ),
+            ]
+        )
+        self.canvas.on_client_ready(self._on_client_ready)
+        self.canvas.on_mouse_down(self.pen_down)
+        self.canvas.on_mouse_move(self.pen_move)
+        self.canvas.on_mouse_up(self.pen_up)
+        self.canvas.on_mouse_out(self._pen_left)
+        self.canvas.on_touch_start(lambda touches: self.pen_down(*touches[0]))
+        self.canvas.on_touch_move(lambda touches: self.pen_move(*touches[0]))
+        self.canvas.on_touch_end(lambda touches: self._pen_left(*self._last_point()))
+        self.clear_button.on_click(lambda _: self.clear())
+        self.model_selector.observe(lambda _: self.predict(), names="value")
+        self._show(None)
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # The pen -------------------------------------------------------------------------------
+    def pen_down(self, x: float, y: float) -> Point:
+        """Start a stroke at (x, y), clipped to the canvas; returns the clipped point."""
+        point = self._clip(x, y)
+        self.strokes.append([point])
+        self._pen_is_down = True
+        draw_segment(self._pen, point, point, self.pen_width)
+        if self._client_ready:
+            with hold_canvas():
+                self.canvas.fill_circle(*point, self.pen_width / 2)
+        return point
+
+    def pen_move(self, x: float, y: float) -> Prediction | None:
+        """Continue the stroke to (x, y). Returns a prediction when one was due (at most one every
+        ``predict_every`` seconds), else None; moves with the pen up do nothing."""
+        if not self._pen_is_down:
+            return None
+        self._extend(self._clip(x, y))
+        if time.monotonic() - self._last_prediction >= self.predict_every:
+            return self.predict()
+        return None
+
+    def pen_up(self, x: float, y: float) -> Prediction | None:
+        """End the stroke at (x, y) and read the drawing: the prediction, or None if the pad is empty."""
+        if not self._pen_is_down:
+            return self.prediction
+        self._extend(self._clip(x, y))
+        self._pen_is_down = False
+        return self.predict()
+
+    def clear(self) -> None:
+        """Wipe the strokes, the raster, the canvas and the prediction."""
+        self.strokes = []
+        self._pen_is_down = False
+        self.raster.paste(255, (0, 0, self.size, self.size))
+        if self._client_ready:
+            with hold_canvas():
+                self._paint_paper()
+        self.predict()
+
+    def draw_strokes(self, strokes: Sequence[Sequence[Point]]) -> Prediction | None:
+        """Draw ``strokes`` (lists of (x, y) points) as the mouse would; returns the last prediction."""
+        prediction = self.prediction
+        for stroke in strokes:
+            self.pen_down(*stroke[0])
+            for point in stroke[1:-1]:
+                self.pen_move(*point)
+            prediction = self.pen_up(*stroke[-1])
+        return prediction
+
+    # Reading the drawing -----------------------------------------------------------------------
+    def predict(self) -> Prediction | None:
+        """Read the drawing now with the selected model (or the average), show it, and return it;
+        None for an empty pad, which then says "draw a digit"."""
+        self._last_prediction = time.monotonic()
+        self.prediction = self._read() if self.strokes else None
+        self._show(self.prediction)
+        return self.prediction
+
+    @torch.inference_mode()
+    def _read(self) -> Prediction:
+        choice = self.model_selector.value
+        names = list(self.models) if choice == AVERAGE else [choice]
+        inputs: dict[tuple[float, float], torch.Tensor] = {}  # models trained alike share one input
+        probabilities = []
+        for name in names:
+            model, mean, std = self.models[name]
+            if (mean, std) not in inputs:
+                inputs[mean, std] = preprocess(self.raster, mean, std)
+            device = next(model.parameters()).device
+            with _one_thread():
+                log_probabilities = model(inputs[mean, std].to(device))
+            probabilities.append(log_probabilities.float().exp()[0].cpu().numpy())
+        (mean, std), x = next(iter(inputs.items()))
+        image = (x[0, 0] * std + mean).numpy()  # undo the normalisation: to_mnist's picture
+        average = np.mean(probabilities, axis=0)
+        return Prediction(int(average.argmax()), average, image, choice)
+
+    # Screen ------------------------------------------------------------------------------------
+    def _show(self, prediction: Prediction | None) -> None:
+        if prediction is None:
+            self.digit_label.value = '<div style="color:#888;font-size:1.6em;padding-top:1.5em">draw a digit</div>'
+            self.detail_label.value = ""
+            image, probabilities = np.zeros((SIZE, SIZE), np.float32), np.zeros(10)
+        else:
+            self.digit_label.value = f'<div style="font-size:88px;font-weight:bold;line-height:100px">{prediction.digit}</div>'
+            self.detail_label.value = f"{prediction.confidence:.0%} sure"
+            image, probabilities = prediction.image, prediction.probabilities
+        self.image_view.value = _png(image, scale=4)
+        top = int(probabilities.argmax()) if prediction is not None else -1
+        for digit, (bar, label) in enumerate(zip(self.bars, self.percentages)):
+            bar.value = float(probabilities[digit])
+            bar.bar_style = "success" if digit == top else ""
+            label.value = f"{probabilities[digit]:.0%}" if prediction is not None else ""
+
+    def _on_client_ready(self) -> None:
+        """A browser shows the canvas: set the pen, paint the paper and redraw the strokes so far.
+
+        Nothing is drawn before this: ipycanvas sends commands through one shared manager that
+        names the target canvas only when it changes. A command sent while a notebook executes
+        under Voilà (no browser yet) uses up that "switch to this canvas", and the page's manager
+        then throws on every stroke (ipycanvas 0.14 / Voilà 0.5); a reloaded JupyterLab page too.
+        Forgetting the current canvas makes the next batch name it again.
+        """
+        self._client_ready = True
+        ipycanvas.canvas._CANVAS_MANAGER._current_canvas = None
+        with hold_canvas():
+            self.canvas.line_width = self.pen_width
+            self.canvas.line_cap = "round"
+            self.canvas.line_join = "round"
+            self.canvas.stroke_style = INK
+            self._paint_paper()
+            for stroke in self.strokes:
+                if len(stroke) > 1:
+                    self.canvas.stroke_lines(stroke)
+                self.canvas.fill_circle(*stroke[0], self.pen_width / 2)
+
+    def _paint_paper(self) -> None:
+        self.canvas.clear()
+        self.canvas.fill_style = PAPER
+        self.canvas.fill_rect(0, 0, self.size, self.size)
+        self.canvas.fill_style = INK  # pen-down dots
+
+    def _extend(self, point: Point) -> None:
+        """Add ``point`` to the current stroke: one new segment on the raster and on screen."""
+        stroke = self.strokes[-1]
+        previous = stroke[-1]
+        if point == previous:
+            return
+        stroke.append(point)
+        draw_segment(self._pen, previous, point, self.pen_width)
+        if self._client_ready:
+            with hold_canvas():
+                self.canvas.stroke_line(*previous, *point)
+
+    def _pen_left(self, x: float, y: float) -> None:
+        """The pen left the canvas (or the finger lifted): end the stroke where it left."""
+        if self._pen_is_down:
+            self.pen_up(x, y)
+
+    def _last_point(self) -> Point:
+        return self.strokes[-1][-1] if self.strokes else (0.0, 0.0)
+
+    def _clip(self, x: float, y: float) -> Point:
+        return (min(max(float(x), 0.0), float(self.size)), min(max(float(y), 0.0), float(self.size)))

@@ -1,0 +1,128 @@
+"""``python -m digitlib train`` and ``bench``: help, flag errors, a tiny run, and clear failures."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import digitlib as dl
+from digitlib.checkpoints import load_checkpoint
+from digitlib.cli import main
+
+TRAIN_FLAGS = [
+    "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
+    "--device", "--workers", "--no-augment", "--limit", "--out", "--resume",
+]
+BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--batch-sizes", "--workers", "--batches", "--target", "--target-epochs"]
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``python -m digitlib *argv``, run in this process."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_module_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "digitlib", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m digitlib")
+    for command in ("data", "train", "bench"):
+        assert re.search(rf"^\s+{command}\s+\w", result.stdout, re.MULTILINE), command
+
+
+@pytest.mark.parametrize(("command", "flags"), [("train", TRAIN_FLAGS), ("bench", BENCH_FLAGS)])
+def test_help_explains_every_flag(capsys, command, flags):
+    status, out, _ = run([command, "--help"], capsys)
+    assert status == 0
+    for flag in flags:
+        assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
+    assert "(default: 15)" in out or command == "bench"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--epochs", "0"], "argument --epochs: '0' is not a positive whole number"),
+    (["train", "--batch-size", "many"], "argument --batch-size: 'many' is not a positive whole number"),
+    (["train", "--lr", "-1"], "argument --lr: '-1' is not a positive number"),
+    (["train", "--workers", "-2"], "argument --workers: '-2' is not a whole number of 0 or more"),
+    (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["bench", "--batches", "0"], "argument --batches: '0' is not a positive whole number"),
+    (["fly"], "invalid choice: 'fly'"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_bad_flags_get_argparse_errors(capsys, argv, message):
+    status, out, err = run(argv, capsys)
+    assert status == 2 and out == ""
+    assert err.startswith("usage: python -m digitlib")
+    assert message in err
+
+
+def test_tiny_training_run(tmp_path, capsys):
+    out_path = tmp_path / "x.pt"
+    argv = ["train", "--model", "cnn", "--epochs", "2", "--batch-size", "32", "--no-augment", "--limit", "600"]
+    status, out, err = run([*argv, "--out", str(out_path)], capsys)
+    assert status == 0, err
+    lines = out.splitlines()
+    device = dl.training.pick_device()
+    assert lines[0] == f"cnn: 3,274,634 parameters, 480 training / 120 validation images, device {device}"
+    for epoch, line in enumerate(lines[1:3], start=1):
+        assert re.fullmatch(rf"epoch +{epoch}/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+% +[\d.]+s( +\*)?", line)
+    printed = re.search(r"^test accuracy ([\d.]+)% \(loss [\d.]+, 1,000 images\), .* saved (.+)$", out, re.MULTILINE)
+    assert printed and printed.group(2) == str(out_path)
+
+    model, info = load_checkpoint(out_path, arch="cnn")
+    metrics = info["metrics"]
+    assert metrics["test_images"] == 1000
+    assert round(100 * metrics["test_accuracy"], 2) == float(printed.group(1))
+    assert metrics["test_accuracy"] > 0.5  # 30 steps on 480 images: far above chance
+    assert {"val_accuracy", "val_loss", "test_loss"} <= metrics.keys()
+    assert set(info["normalization"]) == {"mean", "std"} and info["seed"] == 0
+    assert info["training"]["epochs"] == 2 and info["training"]["batch_size"] == 32 and info["resume"] is None
+
+    # The run finished, so --resume has nothing to do: one clear line, exit 2.
+    status, out, err = run([*argv, "--out", str(out_path), "--resume"], capsys)
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nothing to resume" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_unavailable_device_is_one_line(capsys, tmp_path):
+    for device, message in (("cuda", "'cuda' is not available here"), ("gpu", "'gpu' is not a device")):
+        status, out, err = run(["train", "--device", device, "--out", str(tmp_path / "x.pt")], capsys)
+        assert status == 2 and out == ""
+        assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl.training, "fit", interrupted)
+    status, _, err = run(["train", "--limit", "600", "--out", str(tmp_path / "x.pt")], capsys)
+    assert status == 130
+    assert "keeps the best epoch so far" in err and "--resume" in err
+
+
+def test_bench_prints_a_row_per_model(capsys, monkeypatch):
+    monkeypatch.setenv("DIGITLIB_SMOKE", "1")
+    status, out, err = run(
+        ["bench", "--batches", "3", "--target-epochs", "0", "--batch-sizes", "16", "--workers", "0"], capsys
+    )
+    assert status == 0, err
+    header, *rows = out.splitlines()
+    assert header.split() == ["model", "device", "amp", "batch", "workers", "images/s", "s/epoch"]
+    assert [row.split()[0] for row in rows] == ["cnn", "resnet"]
+    for row in rows:
+        _, device, amp, batch, workers, images_per_s, epoch_s = row.split()
+        assert (device, batch, workers) == (str(dl.training.pick_device()), "16", "0")
+        assert amp == ("off" if device == "cpu" else amp)  # AMP is off by default on a CPU
+        assert float(images_per_s) > 0 and float(epoch_s) > 0

@@ -1,0 +1,218 @@
+"""The training loop: it learns, it is reproducible, it keeps the best epoch, and it resumes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import digitlib as dl
+from digitlib.checkpoints import load_checkpoint, read_checkpoint
+from digitlib.training import amp_dtype, fit, learning_rates, pick_device, seed_everything
+
+QUIET = {"device": "cpu", "progress": False, "log": None}
+
+
+@pytest.fixture(scope="module")
+def tiny_splits():
+    """600 training images (480 train / 120 validation) and 200 test images."""
+    return dl.data.load_splits(seed=0, train_limit=600, test_limit=200)
+
+
+@pytest.fixture
+def tiny_loaders(tiny_splits):
+    seed_everything(0)
+    return dl.data.make_loaders(tiny_splits, batch_size=64, augment=False, num_workers=0)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+# BatchNorm's running averages trail the fast-changing weights, so the ResNet's eval-mode accuracy
+# needs the schedule's long, quiet tail to catch up with what it has memorised.
+@pytest.mark.parametrize(("arch", "epochs"), [("cnn", 20), pytest.param("resnet", 40, marks=pytest.mark.slow)])
+def test_overfits_one_small_batch(small_splits, arch, epochs):
+    seed_everything(0)
+    x = dl.data.normalize(small_splits.train_images[:64], small_splits.mean, small_splits.std)
+    batch = DataLoader(TensorDataset(x, small_splits.train_labels[:64]), batch_size=64)
+    model = dl.models.build_model(arch)
+    history = fit(model, batch, batch, epochs=epochs, **QUIET)
+    assert history["train_loss"][-1] < history["train_loss"][0] / 10
+    _, accuracy = dl.training.test_step(model, batch)
+    assert accuracy >= 63 / 64  # memorised, up to one image
+
+
+@pytest.mark.slow
+def test_short_run_beats_chance_by_far(small_splits):
+    seed_everything(0)
+    train_loader, val_loader, test_loader = dl.data.make_loaders(small_splits, 64, augment=False, num_workers=0)
+    model = dl.models.build_model("cnn")
+    history = fit(model, train_loader, val_loader, epochs=1, **QUIET)
+    assert history["val_accuracy"][0] > 0.85  # chance is 10 %
+    assert history["val_loss"][0] < math.log(10) / 4  # guessing uniformly costs ln 10
+    assert dl.training.test_step(model, test_loader)[1] > 0.85
+    assert set(history) == set(dl.training.HISTORY_KEYS) and history["epoch"] == [1]
+    assert history["seconds"][0] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_same_seed_gives_the_same_run(num_workers):
+    splits = dl.data.load_splits(seed=0, train_limit=300, test_limit=10)  # 4 batches of 60
+
+    def run(seed):
+        seed_everything(seed)
+        train_loader, val_loader, _ = dl.data.make_loaders(
+            splits, batch_size=60, augment=True, num_workers=num_workers, seed=seed
+        )
+        model = dl.models.build_model("cnn")
+        history = fit(model, train_loader, val_loader, epochs=2, **QUIET)
+        del history["seconds"]
+        return history, weights(model)
+
+    first, again, other = run(0), run(0), run(1)
+    assert first[0] == again[0]
+    assert same_weights(first[1], again[1])
+    assert first[0]["train_loss"] != other[0]["train_loss"]
+
+
+def test_keeps_the_epoch_with_the_best_validation_accuracy(tiny_loaders, tmp_path, monkeypatch):
+    train_loader, val_loader, _ = tiny_loaders
+    scripted = iter([0.5, 0.9, 0.7])
+
+    def scripted_test_step(*args, **kwargs):
+        accuracy = next(scripted)
+        return 1 - accuracy, accuracy
+
+    monkeypatch.setattr(dl.training, "test_step", scripted_test_step)
+    model = dl.models.build_model("cnn")
+    lines, snapshots = [], []
+
+    def log(line):
+        lines.append(line)
+        snapshots.append(weights(model))
+
+    path = tmp_path / "best.pt"
+    history = fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, progress=False, log=log)
+    assert history["val_accuracy"] == [0.5, 0.9, 0.7]
+    assert [line.endswith("*") for line in lines] == [True, True, False]
+    assert same_weights(weights(model), snapshots[1])
+    assert not same_weights(weights(model), snapshots[2])
+    loaded, info = load_checkpoint(path)
+    assert same_weights(weights(loaded), snapshots[1])
+    assert info["best_epoch"] == 2 and info["epochs_completed"] == 3 and info["resume"] is None
+    assert info["metrics"] == {"val_loss": pytest.approx(0.1), "val_accuracy": 0.9}
+
+
+def test_history_follows_the_planned_learning_rates(tiny_loaders):
+    train_loader, val_loader, _ = tiny_loaders
+    history = fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=2, **QUIET)
+    steps = len(train_loader)
+    rates = learning_rates(2, steps)
+    assert history["lr"] == pytest.approx([rates[0], rates[steps]])
+
+
+def test_learning_rate_schedule_is_one_cycle():
+    rates = learning_rates(epochs=10, steps_per_epoch=100)
+    assert len(rates) == 1000
+    assert max(rates) == pytest.approx(1e-2)
+    assert rates.index(max(rates)) == pytest.approx(300, abs=2)  # warm up over 30 % of the steps
+    assert rates[0] == pytest.approx(1e-3)  # starts at AdamW's lr, not OneCycleLR's max_lr / 25
+    assert rates[-1] < 1e-6
+    assert learning_rates(epochs=2, steps_per_epoch=10, lr=5e-4)[0] == pytest.approx(5e-4)
+
+
+def test_amp_switch_on_cpu(tiny_loaders, tmp_path):
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu) is None and amp_dtype(cpu, False) is None  # off by default on a CPU
+    assert amp_dtype(cpu, True) == torch.bfloat16
+    train_loader, val_loader, _ = tiny_loaders
+    model = dl.models.build_model("cnn")
+    conv_outputs = []
+    model.features[0].register_forward_hook(lambda module, inputs, output: conv_outputs.append(output.dtype))
+    path = tmp_path / "amp.pt"
+    history = fit(model, train_loader, val_loader, epochs=1, amp=True, device="cpu", checkpoint=path,
+                  progress=False, log=None)
+    assert set(conv_outputs) == {torch.bfloat16}  # autocast was on, in training and validation
+    assert all(math.isfinite(value) for value in history["train_loss"] + history["val_loss"])
+    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # fp32 master weights
+    assert read_checkpoint(path)["training"]["amp"] == "bfloat16"
+
+
+def test_pick_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == pick_device("auto") == pick_device("cpu") == torch.device("cpu")
+    with pytest.raises(dl.DigitlibError, match="'cuda' is not available here"):
+        pick_device("cuda")
+    with pytest.raises(dl.DigitlibError, match="'gpu' is not a device"):
+        pick_device("gpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda") and pick_device("cpu") == torch.device("cpu")
+
+
+def test_interrupted_fit_keeps_its_best_and_resumes(tiny_loaders, tmp_path):
+    train_loader, val_loader, _ = tiny_loaders
+    path = tmp_path / "run.pt"
+    model = dl.models.build_model("cnn")
+    after_epoch_one = {}
+
+    def ctrl_c_in_epoch_two(line):
+        if after_epoch_one:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived before epoch 2 was saved
+        after_epoch_one.update(weights(model))
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, progress=False,
+            log=ctrl_c_in_epoch_two)
+    saved = read_checkpoint(path)
+    assert saved["epochs_completed"] == 1 and saved["resume"]["epoch"] == 1
+    assert same_weights(weights(load_checkpoint(path)[0]), after_epoch_one)
+
+    with pytest.raises(dl.CheckpointError, match="started for 3 epochs; resume it with epochs=3"):
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=5, checkpoint=path, resume=True, **QUIET)
+
+    lines = []
+    resumed = fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=3, device="cpu", checkpoint=path,
+                  resume=True, progress=False, log=lines.append)
+    assert lines[0] == f"resuming {path} after epoch 1/3" and len(lines) == 3
+    assert resumed["epoch"] == [1, 2, 3]
+    assert resumed["val_accuracy"][0] == saved["history"]["val_accuracy"][0]
+    steps = len(train_loader)
+    assert resumed["lr"] == pytest.approx(learning_rates(3, steps)[::steps])  # the schedule went on
+    finished = read_checkpoint(path)
+    assert finished["resume"] is None and finished["epochs_completed"] == 3
+
+    with pytest.raises(dl.CheckpointError, match="finished training \\(3 epochs\\): nothing to resume"):
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=3, checkpoint=path, resume=True, **QUIET)
+
+
+def test_resume_needs_a_checkpoint(tiny_loaders, tmp_path):
+    train_loader, val_loader, _ = tiny_loaders
+    with pytest.raises(dl.CheckpointError, match="pass checkpoint=PATH"):
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, resume=True, **QUIET)
+    with pytest.raises(dl.CheckpointError, match="no checkpoint at"):
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, resume=True,
+            checkpoint=tmp_path / "none.pt", **QUIET)
+
+
+def test_load_or_train_trains_once_then_loads(tmp_path):
+    path = tmp_path / "cnn.pt"
+    messages = []
+    model, info = dl.training.load_or_train("cnn", path, epochs=1, train_limit=600, device="cpu", log=messages.append)
+    assert len(messages) == 1 and "training a small cnn" in messages[0] and path.exists()
+    assert not model.training and info["arch"] == "cnn" and info["epochs_completed"] == 1
+    again, _ = dl.training.load_or_train("cnn", path, device="cpu", log=messages.append)
+    assert len(messages) == 1  # loaded, not trained again
+    assert same_weights(weights(again), weights(model))
+    with pytest.raises(dl.CheckpointError, match="holds a 'cnn' model"):
+        dl.training.load_or_train("resnet", path, device="cpu", log=None)
