@@ -7,6 +7,7 @@ stderr and exit with status 2; argparse reports bad flags itself.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def _add_train_command(commands) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, shuffling, augmentation (default: 0)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: auto)")
-    parser.add_argument("--workers", type=_non_negative_int, default=1, help="DataLoader worker processes for augmentation (default: 1)")
+    parser.add_argument("--workers", type=_non_negative_int, default=None,
+                        help="DataLoader worker processes for augmentation (default: 0 on two cores or fewer, else up to 4)")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     parser.add_argument(
         "--limit", type=_positive_int, default=None,
@@ -116,11 +118,16 @@ def _add_bench_command(commands) -> None:
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                         help="mixed precision (default: on for CUDA, off elsewhere)")
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128], help="batch sizes to time (default: 128)")
-    parser.add_argument("--workers", type=_non_negative_int, nargs="+", default=[1], help="worker counts to time (default: 1)")
+    parser.add_argument("--workers", type=_non_negative_int, nargs="+", default=[None],
+                        help="worker counts to time (default: the training default for this machine)")
+    parser.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
+                        help="PyTorch thread counts to time (default: PyTorch's own choice)")
     parser.add_argument("--batches", type=_positive_int, default=None,
                         help="time this many batches instead of a whole epoch (quicker sweeps)")
     parser.add_argument("--target", type=float, default=0.992, help="test accuracy to reach (default: 0.992)")
-    parser.add_argument("--target-epochs", type=_non_negative_int, default=4,
+    parser.add_argument("--target-augment", action="store_true",
+                        help="augment the training images in the time-to-accuracy run (default: plain images)")
+    parser.add_argument("--target-epochs", type=_non_negative_int, default=5,
                         help="length of the time-to-accuracy run; 0 skips it (default: 4)")
     parser.set_defaults(handler=_bench)
 
@@ -129,15 +136,17 @@ def _bench(args) -> int:
     from . import bench, data
 
     splits = data.load_splits(train_limit=2000 if smoke_test() else None, test_limit=1000 if smoke_test() else None)
-    print(f"{'model':<8}{'device':<8}{'amp':<10}{'batch':>6}{'workers':>8}{'images/s':>10}{'s/epoch':>9}")
-    for arch in ("cnn", "resnet"):
-        for batch_size in args.batch_sizes:
-            for workers in args.workers:
-                row = bench.training_throughput(arch, splits, batch_size, workers, args.batches, args.device, args.amp)
-                print(f"{row['model']:<8}{row['device']:<8}{row['amp']:<10}{row['batch_size']:>6}{row['workers']:>8}"
-                      f"{row['images_per_s']:>10.0f}{row['epoch_s']:>9.1f}", flush=True)
+    print(f"{'model':<8}{'device':<8}{'amp':<10}{'batch':>6}{'workers':>8}{'threads':>8}{'images/s':>10}{'s/epoch':>9}")
+    for arch, batch_size, workers, threads in itertools.product(
+        ("cnn", "resnet"), args.batch_sizes, args.workers, args.threads
+    ):
+        row = bench.training_throughput(arch, splits, batch_size, workers, args.batches, args.device, args.amp, threads)
+        print(f"{row['model']:<8}{row['device']:<8}{row['amp']:<10}{row['batch_size']:>6}{row['workers']:>8}"
+              f"{row['threads']:>8}{row['images_per_s']:>10.0f}{row['epoch_s']:>9.1f}", flush=True)
     if args.target_epochs:
-        result = bench.time_to_accuracy(splits, args.target, args.target_epochs, device=args.device)
+        result = bench.time_to_accuracy(
+            splits, args.target, args.target_epochs, augment=args.target_augment, device=args.device
+        )
         per_epoch = "  ".join(f"{a:.2%}" for a in result["test_accuracy_per_epoch"])
         print(f"cnn test accuracy after each epoch: {per_epoch}")
         if result["seconds_to_target"] is None:

@@ -17,7 +17,8 @@ TRAIN_FLAGS = [
     "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
     "--device", "--workers", "--no-augment", "--limit", "--out", "--resume",
 ]
-BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--batch-sizes", "--workers", "--batches", "--target", "--target-epochs"]
+BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--batch-sizes", "--workers", "--threads", "--batches", "--target",
+                "--target-epochs", "--target-augment"]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -115,14 +116,15 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
 def test_bench_prints_a_row_per_model(capsys, monkeypatch):
     monkeypatch.setenv("DIGITLIB_SMOKE", "1")
     status, out, err = run(
-        ["bench", "--batches", "3", "--target-epochs", "0", "--batch-sizes", "16", "--workers", "0"], capsys
+        ["bench", "--batches", "3", "--target-epochs", "0", "--batch-sizes", "16", "--workers", "0", "--threads", "1"],
+        capsys,
     )
     assert status == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["model", "device", "amp", "batch", "workers", "images/s", "s/epoch"]
+    assert header.split() == ["model", "device", "amp", "batch", "workers", "threads", "images/s", "s/epoch"]
     assert [row.split()[0] for row in rows] == ["cnn", "resnet"]
     for row in rows:
-        _, device, amp, batch, workers, images_per_s, epoch_s = row.split()
-        assert (device, batch, workers) == (str(dl.training.pick_device()), "16", "0")
+        _, device, amp, batch, workers, threads, images_per_s, epoch_s = row.split()
+        assert (device, batch, workers, threads) == (str(dl.training.pick_device()), "16", "0", "1")
         assert amp == ("off" if device == "cpu" else amp)  # AMP is off by default on a CPU
         assert float(images_per_s) > 0 and float(epoch_s) > 0
