@@ -228,3 +228,137 @@ def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None,
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set(xlabel="class", ylabel=ylabel, title=title)
     return ax
+
+
+# --- Evaluation (notebook 04) -------------------------------------------------------------------
+
+
+def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """A confusion matrix (rows: true digit, columns: prediction) as an annotated seaborn heatmap.
+
+    Counts are written as whole numbers. A row-normalised matrix (floats) is written in percent,
+    and its colour scale stops at the largest mistake, so the errors show instead of a bright
+    diagonal and a pale everything else.
+    """
+    import numpy as np
+    import seaborn as sns
+
+    matrix = np.asarray(matrix)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6.5, 5.5))
+    normalised = np.issubdtype(matrix.dtype, np.floating)
+    largest_mistake = (matrix - np.diag(np.diag(matrix))).max()
+    sns.heatmap(
+        matrix, ax=ax, annot=True, fmt=".1%" if normalised else "d", cmap="Blues", square=True, cbar=False,
+        vmin=0, vmax=largest_mistake if normalised and largest_mistake > 0 else None,
+        annot_kws={"fontsize": 7 if normalised else 8},
+    )
+    ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalised" if normalised else "counts"))
+    return ax
+
+
+def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> plt.Figure:
+    """The first ``limit`` rows of :func:`digitlib.evaluation.misclassified` as a grid of digits.
+
+    Each title reads ``true → predicted`` and the two most likely digits with their probabilities.
+    """
+    rows = mistakes.head(limit)
+    nrows = max(1, -(-len(rows) // ncols))
+    figure, axes = plt.subplots(nrows, ncols, figsize=(1.45 * ncols, 1.75 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, row in zip(axes.flat, rows.itertuples()):
+        ax.imshow(images[row.index], cmap="gray_r")
+        ax.set_title(
+            f"{row.true} → {row.predicted}\n{row.predicted}: {row.probability:.0%}  {row.second}: {row.second_probability:.0%}",
+            fontsize=8, color="firebrick",
+        )
+    return figure
+
+
+def model_diagram(model, ax: plt.Axes | None = None, input_size=(1, 1, 28, 28)) -> plt.Axes:
+    """A block diagram of ``model``, top to bottom, drawn from torchinfo's summary.
+
+    One box per layer (a residual block is one box, its skip connection drawn beside it), with
+    the layer, the output shape after it and its parameter count.
+    """
+    import torchinfo
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from torch import nn
+
+    summary = torchinfo.summary(model, input_size=input_size, depth=10, verbose=0, device="cpu")
+    units = _diagram_units(summary.summary_list)
+    boxes = [("input", "x".join(map(str, input_size[1:])), "", None)]
+    boxes += [(_layer_label(layer.module), "x".join(map(str, layer.output_size[1:])),
+               f"{layer.num_params:,} params" if layer.num_params else "", layer.module) for layer in units]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 0.42 * len(boxes) + 0.6))
+    colours = {"Conv2d": "#9ecae1", "Linear": "#fdae6b", "BasicBlock": "#a1d99b", "MaxPool2d": "#dadaeb",
+               "AdaptiveAvgPool2d": "#dadaeb", "BatchNorm2d": "#fee391"}
+    height, step = 0.62, 1.0
+    for position, (label, shape, params, module) in enumerate(boxes):
+        y = -position * step
+        kind = type(module).__name__ if module is not None else "input"
+        ax.add_patch(FancyBboxPatch((0, y - height / 2), 4.2, height, boxstyle="round,pad=0.02,rounding_size=0.12",
+                                    facecolor=colours.get(kind, "#f0f0f0"), edgecolor="#555555", linewidth=0.8))
+        ax.text(0.15, y, label, va="center", fontsize=8.5)
+        ax.text(4.4, y, shape, va="center", fontsize=8.5, family="monospace")
+        ax.text(6.3, y, params, va="center", fontsize=8, color="#555555")
+        if position:
+            ax.annotate("", xy=(2.1, y + height / 2), xytext=(2.1, y + step - height / 2),
+                        arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8})
+        if isinstance(getattr(module, "shortcut", None), nn.Module):
+            projection = not isinstance(module.shortcut, nn.Identity)
+            ax.add_patch(FancyArrowPatch((4.2, y + step - height / 2 + 0.05), (4.2, y), connectionstyle="arc3,rad=-0.9",
+                                         arrowstyle="->", mutation_scale=8, color="#2b8cbe", lw=0.9))
+            ax.text(3.55, y + 0.5 * step, "1x1 conv skip" if projection else "skip", fontsize=6.5, color="#2b8cbe",
+                    ha="right", va="center")
+    ax.text(4.4, step * 0.75, "output shape", fontsize=8, weight="bold")
+    ax.text(6.3, step * 0.75, "parameters", fontsize=8, weight="bold")
+    ax.set_xlim(-0.2, 8.2)
+    ax.set_ylim(-(len(boxes) - 1) * step - 0.6, step * 1.2)
+    ax.axis("off")
+    ax.set_title(f"{type(model).__name__}: {summary.trainable_params:,} parameters", fontsize=10)
+    return ax
+
+
+def _diagram_units(layers) -> list:
+    """The layers worth one box: every module that is not a container, without looking inside
+    blocks (a residual block is one box)."""
+    import torch.nn as nn
+
+    def units_of(module):
+        for child in module.children():
+            if isinstance(child, (nn.Sequential, nn.ModuleList)):
+                yield from units_of(child)
+            else:
+                yield child
+
+    wanted = {id(module) for module in units_of(layers[0].module)}
+    units, seen = [], set()
+    for layer in layers[1:]:  # [0] is the model itself
+        if id(layer.module) in wanted and id(layer.module) not in seen:
+            units.append(layer)
+            seen.add(id(layer.module))
+    return units
+
+
+def _layer_label(module) -> str:
+    """A short description: Conv2d 5x5, 1→32 · MaxPool2d 2x2 · Linear 3136→1024 · Dropout 0.5."""
+    from torch import nn
+
+    name = type(module).__name__
+    if isinstance(module, nn.Conv2d):
+        kernel = "x".join(map(str, module.kernel_size))
+        stride = f", stride {module.stride[0]}" if module.stride[0] > 1 else ""
+        return f"{name} {kernel}, {module.in_channels}→{module.out_channels}{stride}"
+    if isinstance(module, nn.Linear):
+        return f"{name} {module.in_features}→{module.out_features}"
+    if isinstance(module, nn.MaxPool2d):
+        return f"{name} {module.kernel_size}x{module.kernel_size}"
+    if isinstance(module, nn.Dropout):
+        return f"{name} p={module.p}"
+    if hasattr(module, "conv1") and hasattr(module, "shortcut"):
+        return f"{name} {module.conv1.in_channels}→{module.conv2.out_channels}" + (
+            f", stride {module.conv1.stride[0]}" if module.conv1.stride[0] > 1 else "")
+    return name
