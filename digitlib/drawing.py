@@ -35,8 +35,8 @@ from .preprocess import SIZE, preprocess
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
 # A digit drawn 200 px tall shrinks ten times to fit MNIST's 20 px box, so this pen becomes a
-# 2.4 px stroke: about as thick as MNIST's (notebook 05 compares their ink).
-PEN_WIDTH = 24
+# 2.8 px stroke: about as thick as MNIST's (notebook 05 compares their ink).
+PEN_WIDTH = 28
 PREDICT_EVERY = 0.12  # seconds between predictions while the pen moves; pen-up always predicts
 PAPER, INK = "white", "black"
 AVERAGE = "average"  # selector value: mean of all models' probabilities
