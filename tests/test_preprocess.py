@@ -112,11 +112,15 @@ def test_opaque_rgba_is_read_by_colour(digit):
 
 
 def test_palette_gif(tmp_path, digit):
+    # Blue ink on yellow paper, quantised to a palette: a colour GIF, not a grey one.
+    ink = Image.fromarray(digit).resize((112, 112), Image.Resampling.BILINEAR)
+    paper = Image.new("RGB", ink.size, (250, 230, 120))
+    coloured = Image.composite(Image.new("RGB", ink.size, (20, 40, 160)), paper, ink)
     path = tmp_path / "seven.gif"
-    Image.fromarray(255 - digit).resize((112, 112)).convert("P").save(path)
+    coloured.quantize(64).save(path)
     image = load_image(path)
     assert image.mode == "P"
-    assert correlation(to_mnist(image), to_mnist(digit)) > 0.97
+    assert correlation(to_mnist(image), to_mnist(digit)) > 0.95
 
 
 def test_animated_gif_gives_its_first_frame(tmp_path, mnist_test):
@@ -163,8 +167,9 @@ def test_16_bit_png_file(tmp_path, digit):
 def test_one_bit_image_is_antialiased(digit):
     bilevel = Image.fromarray(digit).resize((560, 560)).point(lambda v: 255 if v > 127 else 0).convert("1")
     field = to_mnist(bilevel)
-    assert 0 < ((field > 0) & (field < 1)).sum()  # grey edges, not just 0/1
-    assert correlation(field, to_mnist(digit)) > 0.9
+    np.testing.assert_allclose(field, to_mnist(bilevel.convert("L")), atol=1e-6)
+    assert ((field > 0.1) & (field < 0.9)).sum() > 20  # grey edges from area averaging, not just 0/1
+    assert correlation(field, to_mnist(digit)) > 0.8  # thresholding lost MNIST's own grey levels
 
 
 @pytest.mark.parametrize(
@@ -232,7 +237,7 @@ def test_mnist_round_trip_keeps_the_cnns_accuracy(mnist_test, trained_checkpoint
     through_to_mnist = torch.from_numpy(round_trip).sub(mean).div(std).unsqueeze(1)
     with torch.inference_mode():
         accuracy = {
-            name: float(torch.cat([model(batch).argmax(1) for batch in x.split(2000)]).eq(labels).float().mean())
+            name: float(torch.cat([model(batch).argmax(1) for batch in x.split(1000)]).eq(labels).float().mean())
             for name, x in (("direct", direct), ("to_mnist", through_to_mnist))
         }
     print(f"CNN test accuracy: direct {accuracy['direct']:.2%}, through to_mnist {accuracy['to_mnist']:.2%}")

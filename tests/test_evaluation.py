@@ -1,0 +1,232 @@
+"""``digitlib.evaluation`` on the small trained checkpoints and the 1,000-image test slice."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from digitlib import evaluation
+from digitlib.checkpoints import load_checkpoint, update_checkpoint
+from digitlib.errors import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def test_outputs(trained_checkpoints, small_splits):
+    """{"cnn": (probabilities, labels), "resnet": ...} on small_splits' test images, plus the cnn model."""
+    outputs = {}
+    for arch, path in trained_checkpoints.items():
+        model, info = load_checkpoint(path)
+        loader = evaluation.make_test_loader(
+            small_splits.test_images, small_splits.test_labels, info["normalization"]["mean"], info["normalization"]["std"]
+        )
+        outputs[arch] = evaluation.predict_proba(model, loader, "cpu")
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def cnn(trained_checkpoints):
+    model, info = load_checkpoint(trained_checkpoints["cnn"])
+    return model, info["normalization"]["mean"], info["normalization"]["std"]
+
+
+def test_predict_proba_gives_a_distribution_per_image(test_outputs, small_splits):
+    probabilities, labels = test_outputs["cnn"]
+    assert probabilities.shape == (len(small_splits.test_labels), 10)
+    assert torch.equal(labels, small_splits.test_labels)
+    assert probabilities.min() >= 0
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(len(labels)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet"])
+def test_classification_metrics_are_consistent(test_outputs, arch):
+    probabilities, labels = test_outputs[arch]
+    metrics = evaluation.classification_metrics(probabilities, labels)
+    predictions = probabilities.argmax(dim=1)
+    assert metrics["n"] == len(labels) == 1000
+    assert metrics["correct"] == int((predictions == labels).sum())
+    assert metrics["accuracy"] == pytest.approx(float((predictions == labels).float().mean()))
+    assert 0.9 < metrics["accuracy"] <= 1  # the fixture models are about 96 % accurate
+    expected_loss = torch.nn.functional.nll_loss(probabilities.log(), labels).item()
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-4) and 0 < metrics["loss"] < 1
+    per_class = metrics["per_class_accuracy"]
+    assert per_class.shape == (10,) and ((0 <= per_class) & (per_class <= 1)).all()
+    counts = np.bincount(labels.numpy(), minlength=10)
+    assert (per_class * counts).sum() == pytest.approx(metrics["correct"])
+
+
+def test_loss_stays_finite_when_a_probability_underflows():
+    probabilities = torch.tensor([[1.0] + [0.0] * 9, [0.0] * 9 + [1.0]])
+    metrics = evaluation.classification_metrics(probabilities, torch.tensor([0, 0]))
+    assert metrics["accuracy"] == 0.5 and np.isfinite(metrics["loss"]) and metrics["loss"] > 10
+
+
+def test_confusion_matrix_counts_every_image_once(test_outputs):
+    probabilities, labels = test_outputs["cnn"]
+    predictions = probabilities.argmax(dim=1)
+    matrix = evaluation.confusion_matrix(labels, predictions)
+    assert matrix.shape == (10, 10)
+    assert matrix.sum() == len(labels)
+    assert np.trace(matrix) == int((predictions == labels).sum())
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(labels.numpy(), minlength=10))
+    assert matrix[labels[0], predictions[0]] >= 1
+    rows = evaluation.confusion_matrix(labels, predictions, normalize="true")
+    np.testing.assert_allclose(rows.sum(axis=1), 1)
+    np.testing.assert_allclose(rows.diagonal(), evaluation.per_class_accuracy(labels, predictions))
+
+
+def test_classification_report_lists_all_ten_digits(test_outputs):
+    probabilities, labels = test_outputs["cnn"]
+    predictions = probabilities.argmax(dim=1)
+    text = evaluation.classification_report(labels, predictions)
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    assert [line[0] for line in lines if line[0].isdigit()] == [str(digit) for digit in range(10)]
+    report = evaluation.classification_report(labels, predictions, output_dict=True)
+    assert sum(report[str(digit)]["support"] for digit in range(10)) == len(labels)
+    assert report["accuracy"] == pytest.approx(float((predictions == labels).float().mean()))
+
+
+def test_most_confused_lists_off_diagonal_pairs_by_count(test_outputs):
+    probabilities, labels = test_outputs["cnn"]
+    matrix = evaluation.confusion_matrix(labels, probabilities.argmax(dim=1))
+    pairs = evaluation.most_confused(matrix, top=5)
+    assert 1 <= len(pairs) <= 5  # a 96 % model makes some mistakes
+    counts = [count for _, _, count in pairs]
+    assert counts == sorted(counts, reverse=True)
+    off_diagonal = matrix - np.diag(matrix.diagonal())
+    assert counts[0] == off_diagonal.max()
+    for true, predicted, count in pairs:
+        assert true != predicted and matrix[true, predicted] == count > 0
+    everything = evaluation.most_confused(matrix, top=100)
+    assert sum(count for _, _, count in everything) == matrix.sum() - np.trace(matrix)
+
+
+def test_most_confused_is_empty_when_nothing_is_wrong():
+    assert evaluation.most_confused(np.diag(np.arange(1, 11))) == []
+
+
+def test_misclassified_rows_are_real_mistakes(test_outputs):
+    probabilities, labels = test_outputs["cnn"]
+    table = evaluation.misclassified(probabilities, labels)
+    assert len(table) == int((probabilities.argmax(dim=1) != labels).sum()) > 0
+    assert list(table.columns) == [
+        "index", "true", "predicted", "probability", "second", "second_probability", "true_probability"
+    ]
+    assert table["probability"].is_monotonic_decreasing
+    for row in table.itertuples():
+        image = probabilities[row.index]
+        assert row.true == labels[row.index] != row.predicted == int(image.argmax())
+        assert row.probability >= row.second_probability and row.second != row.predicted
+        assert row.probability == pytest.approx(float(image.max()))
+        assert row.true_probability == pytest.approx(float(image[row.true]))
+        assert row.true_probability <= row.probability
+
+
+def test_average_probabilities_of_two_models(test_outputs):
+    (cnn_probabilities, labels), (resnet_probabilities, _) = test_outputs["cnn"], test_outputs["resnet"]
+    ensemble = evaluation.average_probabilities(cnn_probabilities, resnet_probabilities)
+    assert ensemble.shape == cnn_probabilities.shape
+    torch.testing.assert_close(ensemble.sum(dim=1), torch.ones(len(labels)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ensemble, (cnn_probabilities + resnet_probabilities) / 2)
+    assert evaluation.classification_metrics(ensemble, labels)["accuracy"] > 0.9
+
+
+def test_evaluate_model_matches_the_separate_functions(trained_checkpoints, small_splits, test_outputs):
+    model, info = load_checkpoint(trained_checkpoints["cnn"])
+    loader = evaluation.make_test_loader(
+        small_splits.test_images, small_splits.test_labels, info["normalization"]["mean"], info["normalization"]["std"]
+    )
+    metrics = evaluation.evaluate_model(model, loader, "cpu", top=3)
+    probabilities, labels = test_outputs["cnn"]
+    assert metrics["correct"] == evaluation.classification_metrics(probabilities, labels)["correct"]
+    np.testing.assert_array_equal(metrics["confusion_matrix"], evaluation.confusion_matrix(labels, probabilities.argmax(1)))
+    assert metrics["most_confused"] == evaluation.most_confused(metrics["confusion_matrix"], 3)
+
+
+def test_predict_image_on_a_drawing(cnn, small_splits, test_outputs):
+    model, mean, std = cnn
+    probabilities, labels = test_outputs["cnn"]
+    index = int(probabilities.max(dim=1).values.argmax())  # the image the model is surest of
+    top = evaluation.predict_image(model, evaluation.as_drawing(small_splits.test_images[index]), mean, std, top=3)
+    assert len(top) == 3 and len({digit for digit, _ in top}) == 3
+    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and sum(p for _, p in top) <= 1 + 1e-6
+    assert top[0][0] == labels[index]
+
+
+def test_as_drawing_is_dark_ink_on_white(small_splits):
+    drawing = evaluation.as_drawing(small_splits.test_images[0], side=140)
+    assert drawing.mode == "RGB" and drawing.size == (140, 140)
+    assert np.asarray(drawing)[0, 0].tolist() == [255, 255, 255]
+
+
+def test_single_image_latency(cnn, small_splits):
+    model, mean, std = cnn
+    threads = torch.get_num_threads()
+    latency = evaluation.single_image_latency(
+        model, evaluation.as_drawing(small_splits.test_images[0]), mean, std, repeats=30, warmup=5
+    )
+    print(f"one 280x280 drawing: {latency['median_ms']:.2f} ms median "
+          f"(preprocess {latency['preprocess_ms']:.2f} + forward {latency['forward_ms']:.2f}), p90 {latency['p90_ms']:.2f}")
+    assert latency["repeats"] == 30 and latency["threads"] == 1
+    assert 0 < latency["median_ms"] <= latency["p90_ms"]
+    assert latency["preprocess_ms"] > 0 and latency["forward_ms"] > 0
+    assert latency["median_ms"] < 50  # the README's 5 ms is for a quiet machine; this one is shared
+    assert torch.get_num_threads() == threads  # timing with one thread does not leave it set
+
+
+def test_torch_threads_restores_the_setting():
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with evaluation.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_batch_throughput(cnn, small_splits):
+    model, mean, std = cnn
+    images = small_splits.test_images[:200].float().div(255).sub(mean).div(std).unsqueeze(1)
+    result = evaluation.batch_throughput(model, images, batch_size=100, repeats=1)
+    assert result["images"] == 200 and result["batch_size"] == 100
+    assert result["images_per_s"] == pytest.approx(200 / result["seconds"]) and result["images_per_s"] > 0
+
+
+def test_recorded_accuracy_prefers_test_to_validation():
+    assert evaluation.recorded_accuracy({"metrics": {"val_accuracy": 0.9, "test_accuracy": 0.95}}) == ("test", 0.95)
+    assert evaluation.recorded_accuracy({"metrics": {"val_accuracy": 0.9}}) == ("val", 0.9)
+    assert evaluation.recorded_accuracy({}) is None
+
+
+def test_best_checkpoint_picks_the_highest_recorded_accuracy(trained_checkpoints, tmp_path):
+    paths = {arch: shutil.copy(path, tmp_path / f"{arch}.pt") for arch, path in trained_checkpoints.items()}
+    update_checkpoint(paths["cnn"], metrics={"val_accuracy": 0.95})
+    update_checkpoint(paths["resnet"], metrics={"val_accuracy": 0.97})
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")  # skipped, not fatal
+    assert evaluation.best_checkpoint(tmp_path) == tmp_path / "resnet.pt"
+    update_checkpoint(paths["cnn"], metrics={"val_accuracy": 0.95, "test_accuracy": 0.99})
+    assert evaluation.best_checkpoint(tmp_path) == tmp_path / "cnn.pt"
+
+
+def test_best_checkpoint_defaults_to_the_models_folder(trained_checkpoints, tmp_path, monkeypatch):
+    shutil.copy(trained_checkpoints["cnn"], tmp_path / "cnn.pt")
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    assert evaluation.best_checkpoint() == tmp_path / "cnn.pt"
+
+
+@pytest.mark.parametrize("contents", [None, b"garbage"], ids=["empty", "only-garbage"])
+def test_best_checkpoint_without_a_usable_one_says_what_to_do(tmp_path, contents):
+    if contents is not None:
+        (tmp_path / "cnn.pt").write_bytes(contents)
+    with pytest.raises(CheckpointError, match="no usable checkpoint") as error:
+        evaluation.best_checkpoint(tmp_path)
+    assert str(tmp_path) in str(error.value) and "python -m digitlib train" in str(error.value)
+
+
+def test_file_size_mb(tmp_path):
+    path = tmp_path / "two-megabytes.bin"
+    path.write_bytes(bytes(2_000_000))
+    assert evaluation.file_size_mb(path) == 2.0
