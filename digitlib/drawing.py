@@ -19,7 +19,6 @@ import io
 import math
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -31,6 +30,7 @@ from ipycanvas import Canvas, hold_canvas
 from PIL import Image, ImageDraw
 from torch import nn
 
+from .evaluation import torch_threads
 from .preprocess import SIZE, preprocess
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
@@ -110,18 +110,6 @@ def _png(image: np.ndarray, scale: int) -> bytes:
     buffer = io.BytesIO()
     pixels.resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST).save(buffer, "png")
     return buffer.getvalue()
-
-
-@contextmanager
-def _one_thread():
-    """Run torch on one thread: one 28x28 image is too small to share, and on a busy CPU waiting
-    for a second thread made a prediction take 20-600 ms instead of 5-20 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class DrawingPad:
@@ -272,7 +260,9 @@ class DrawingPad:
             if (mean, std) not in inputs:
                 inputs[mean, std] = preprocess(self.raster, mean, std)
             device = next(model.parameters()).device
-            with _one_thread():
+            # One thread: one 28x28 image is too small to share, and on a busy CPU waiting for a
+            # second thread made a prediction take 20-600 ms instead of 5-20 ms.
+            with torch_threads(1):
                 log_probabilities = model(inputs[mean, std].to(device))
             probabilities.append(log_probabilities.float().exp()[0].cpu().numpy())
         (mean, std), x = next(iter(inputs.items()))
