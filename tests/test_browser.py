@@ -135,6 +135,11 @@ def test_drawing_a_one_in_voila_shows_ink_and_reads_it(voila_url, tmp_path):
             drawn = Image.open(io.BytesIO(canvas.screenshot()))
             page.screenshot(path=tmp_path / "drawing_pad.png", full_page=False)
             digit = label.inner_text().strip()
+
+            page.get_by_role("button", name="Clear").click()
+            label.get_by_text("draw a digit").wait_for(timeout=30_000)
+            page.wait_for_timeout(300)
+            cleared = Image.open(io.BytesIO(canvas.screenshot()))
         finally:
             browser.close()
 
@@ -158,3 +163,4 @@ def test_drawing_a_one_in_voila_shows_ink_and_reads_it(voila_url, tmp_path):
     outside = outside[frame:-frame, frame:-frame]
     assert outside.sum() == 0, f"{outside.sum()} dark pixels away from the stroke"
     assert digit == "1", f"the pad read the drawn 1 as {digit}"
+    assert not dark_pixels(cleared)[frame:-frame, frame:-frame].any(), "Clear left ink on the pad"
