@@ -42,8 +42,8 @@ def image_grid(images, titles=None, ncols: int = 10, cmap: str = "gray", size: f
         raise ValueError(f"{len(images)} images but {len(titles)} titles")
     ncols = max(1, min(ncols, len(images)))
     nrows = max(1, -(-len(images) // ncols))
-    figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.25 * (titles is not None)),
-                                squeeze=False)
+    row_height = size + (0.3 if titles is not None else 0)  # room for a title above each image
+    figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, row_height * nrows), squeeze=False)
     for index, ax in enumerate(axes.flat):
         if index >= len(images):
             ax.set_axis_off()
@@ -103,11 +103,11 @@ def pixel_histogram(images, ax: plt.Axes | None = None) -> plt.Axes:
 
 
 def ink_by_class(images, labels, ax: plt.Axes | None = None) -> plt.Axes:
-    """Distribution of each image's mean pixel value (its "ink"), one box per digit; returns the Axes."""
+    """Distribution of each image's mean pixel value (its "ink"), one violin per digit; returns the Axes."""
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
     images = np.asarray(images)
     ink = images.reshape(len(images), -1).mean(axis=1) / 255
-    sns.boxplot(x=np.asarray(labels), y=ink, ax=ax, fliersize=1, color="tab:blue")
+    sns.violinplot(x=np.asarray(labels), y=ink, ax=ax, color="tab:blue", inner="quartile", cut=0)
     ax.set(xlabel="digit", ylabel="mean pixel value (0..1)", title="Ink per image")
     return ax
 

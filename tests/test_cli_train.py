@@ -45,7 +45,7 @@ def test_help_explains_every_flag(capsys, command, flags):
     assert status == 0
     for flag in flags:
         assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
-    assert "(default: 15)" in out or command == "bench"
+    assert "(default: 15 for cnn, 25 for resnet)" in out or command == "bench"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
