@@ -120,7 +120,7 @@ def crop_to_ink(ink: np.ndarray) -> np.ndarray:
     """The smallest box holding all ink above the noise floor. Raises ImageError if there is none."""
     mask = ink > INK_FLOOR
     if not mask.any():
-        raise ImageError("the image is blank: no digit found")
+        raise ImageError("the image is blank: no digit found (it needs strokes darker or lighter than the paper)")
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return np.where(crop > INK_FLOOR, crop, 0).astype(np.float32)
