@@ -13,12 +13,9 @@ from pathlib import Path
 
 from .config import models_dir, smoke_test
 from .errors import DigitlibError
+from .training import FULL_RUNS
 
 SHARED_MNIST = Path("../shared/mnist")
-#: Epochs of the README's full runs (see its results table).
-DEFAULT_EPOCHS = {"cnn": 15, "resnet": 25}
-#: OneCycleLR peaks: for the CNN 0.003 beat 0.01 (99.50 % against 99.36 % test, README).
-DEFAULT_MAX_LR = {"cnn": 3e-3, "resnet": 1e-2}
 
 
 def _add_data_command(commands) -> None:
@@ -48,11 +45,11 @@ def _add_train_command(commands) -> None:
     )
     parser.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="architecture (default: cnn)")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="training epochs (default: " + ", ".join(f"{n} for {m}" for m, n in DEFAULT_EPOCHS.items()) + ")")
+                        help="training epochs (default: " + ", ".join(f"{run['epochs']} for {m}" for m, run in FULL_RUNS.items()) + ")")
     parser.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size (default: 128)")
     parser.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW's initial learning rate (default: 1e-3)")
     parser.add_argument("--max-lr", type=_positive_float, default=None,
-                        help="OneCycleLR's peak learning rate (default: " + ", ".join(f"{v:g} for {m}" for m, v in DEFAULT_MAX_LR.items()) + ")")
+                        help="OneCycleLR's peak learning rate (default: " + ", ".join(f"{run['max_lr']:g} for {m}" for m, run in FULL_RUNS.items()) + ")")
     parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's weight decay (default: 1e-2)")
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -93,8 +90,8 @@ def _train(args) -> int:
     )
     try:
         history = training.fit(
-            model, train_loader, val_loader, args.epochs or DEFAULT_EPOCHS[args.model], lr=args.lr,
-            max_lr=args.max_lr or DEFAULT_MAX_LR[args.model],
+            model, train_loader, val_loader, args.epochs or FULL_RUNS[args.model]["epochs"], lr=args.lr,
+            max_lr=args.max_lr or FULL_RUNS[args.model]["max_lr"],
             weight_decay=args.weight_decay, amp=args.amp, device=device, checkpoint=out, resume=args.resume,
             metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed},
             progress=sys.stderr.isatty(),
