@@ -1,6 +1,6 @@
 # The course in a few commands. Each target creates or refreshes .venv and makes MNIST ready.
 #   make lab     set up, then open the course in JupyterLab
-#   make test    set up, then run every test: pytest and all notebooks in smoke mode (nbval)
+#   make test    set up, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
 #   make course  set up, then execute every notebook in full mode into build/
 #   make app     set up, then serve the drawing pad (notebook 05) as a web page with Voila
 
@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup data lab test course app clean
+.PHONY: setup data lint lab test course app clean
 
 # Re-installs whenever pyproject.toml changes; pip keeps what is already satisfied.
 $(INSTALLED): pyproject.toml
@@ -28,7 +28,11 @@ data: $(INSTALLED)
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
-test: setup
+lint: $(INSTALLED)
+	$(BIN)/ruff check digitlib tests notebooks
+	$(BIN)/mypy
+
+test: setup lint
 	DIGITLIB_SMOKE=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
 
 course: setup

@@ -4,16 +4,60 @@ The notebooks teach each piece, then import it from here::
 
     import digitlib as dl
     splits = dl.data.load_splits()
+
+Submodules load on first use (``dl.data`` imports torch, ``dl.drawing`` imports the widgets), so
+``import digitlib`` and ``python -m digitlib --help`` stay fast and a training run on a server
+never loads a plotting or widget library.
 """
 
-from . import bench, checkpoints, data, drawing, evaluation, models, plots, preprocess, training
+from __future__ import annotations
+
+import importlib
+import os
+from typing import TYPE_CHECKING
+
 from .config import data_dir, figures_dir, models_dir, smoke_test
 from .errors import CheckpointError, DataError, DigitlibError, ImageError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# albumentations asks PyPI for a newer version each time it is imported: a warning on a closed
+# network, a stall on a slow one. Set before anything (a notebook included) imports it.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+_SUBMODULES = (
+    "augment", "bench", "checkpoints", "data", "drawing", "evaluation", "loaders", "models", "plots",
+    "preprocess", "training",
+)
 
 __all__ = [
-    "CheckpointError", "DataError", "DigitlibError", "ImageError",
-    "bench", "checkpoints", "data", "data_dir", "drawing", "evaluation", "figures_dir", "models", "models_dir", "plots", "preprocess",
-    "smoke_test", "training",
+    "CheckpointError", "DataError", "DigitlibError", "ImageError", "__version__",
+    "data_dir", "figures_dir", "models_dir", "smoke_test",
+    "augment", "bench", "checkpoints", "data", "drawing", "evaluation", "loaders", "models", "plots",
+    "preprocess", "training",
 ]
+
+if TYPE_CHECKING:
+    from . import (
+        augment,
+        bench,
+        checkpoints,
+        data,
+        drawing,
+        evaluation,
+        loaders,
+        models,
+        plots,
+        preprocess,
+        training,
+    )
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'digitlib' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,67 +1,150 @@
-"""Throughput measurements behind ``python -m digitlib bench``."""
+"""Timing: where training time goes (``python -m digitlib bench``, notebook 06) and how fast a
+trained model answers (``python -m digitlib evaluate``, notebook 04).
+
+``epoch_breakdown`` times the three parts of a training step separately (making the batch,
+forward + backward, the optimiser step) so that a slow input pipeline cannot hide behind the
+network; ``time_to_accuracy`` trains the CNN and reports the wall time until its test accuracy
+first reaches a target; ``single_image_latency`` and ``batch_throughput`` time inference.
+"""
 
 from __future__ import annotations
 
-import itertools
+import contextlib
+import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .data import MnistSplits, make_loaders
+from .config import FULL_RUNS
+from .data import MnistSplits
+from .loaders import make_loaders
 from .models import build_model
-from .training import amp_dtype, fit, make_optimizer, pick_device, seed_everything, train_step
+from .preprocess import preprocess
+from .training import _autocast, amp_dtype, fit, make_optimizer, pick_device, seed_everything
 
 
-def training_throughput(
+@dataclass(frozen=True)
+class EpochTiming:
+    """Seconds spent in each part of ``batches`` training steps, and what that makes an epoch."""
+
+    model: str
+    device: str
+    amp: str
+    pipeline: str  # the loader's augmentation: device, albumentations or none
+    batch_size: int
+    workers: int
+    threads: int
+    batches: int
+    data_s: float  # waiting for the next batch: loading, augmenting, normalising, copying
+    forward_backward_s: float
+    optimizer_s: float  # clipping, AdamW and the schedule
+    epoch_images: int  # training images in one epoch
+
+    @property
+    def total_s(self) -> float:
+        return self.data_s + self.forward_backward_s + self.optimizer_s
+
+    @property
+    def images_per_s(self) -> float:
+        return self.batches * self.batch_size / self.total_s
+
+    @property
+    def epoch_s(self) -> float:
+        """A whole training epoch at this rate (validation not included)."""
+        return self.epoch_images / self.images_per_s
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` intra-op threads (None: leave the setting alone)."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def epoch_breakdown(
     arch: str,
     splits: MnistSplits,
     batch_size: int = 128,
-    num_workers: int | None = None,
+    augment: str = "device",
     batches: int | None = None,
-    device: str | None = None,
+    device: str | torch.device | None = None,
     amp: bool | None = None,
     threads: int | None = None,
-) -> dict:
-    """Train ``arch`` for one epoch (or ``batches`` batches, after 5 warm-up ones) and time it.
+    num_workers: int | None = None,
+    channels_last: bool = True,
+) -> EpochTiming:
+    """Train ``arch`` for ``batches`` steps (default: one epoch) after 3 warm-up steps, timing each part.
 
-    ``threads`` sets PyTorch's intra-op threads for the run (default: leave as is). Returns
-    images/s and the seconds a full epoch over the training split takes at that rate.
+    On CUDA every part ends with a synchronisation, so each is charged its own GPU time; that costs a
+    little speed, which is why ``fit``'s own epochs (no synchronisation) are the figures to quote.
     """
-    previous_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        return _time_training(arch, splits, batch_size, num_workers, batches, device, amp)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _time_training(arch, splits, batch_size, num_workers, batches, device, amp) -> dict:
     device = pick_device(device)
     dtype = amp_dtype(device, amp)
-    seed_everything(0)
-    model = build_model(arch).to(device).to(memory_format=torch.channels_last)
-    train_loader, _, _ = make_loaders(splits, batch_size, num_workers=num_workers)
-    optimizer, scheduler = make_optimizer(model, len(train_loader), 1)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    warmup = list(itertools.islice(iter(train_loader), 5))
-    train_step(model, warmup, optimizer, None, device, dtype, scaler)
-    timed = train_loader if batches is None else itertools.islice(train_loader, batches)
-    started = time.perf_counter()
-    count = 0
-    for batch in timed:
-        train_step(model, [batch], optimizer, scheduler, device, dtype, scaler)
-        count += len(batch[1])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
-    images_per_second = count / seconds
-    return {
-        "model": arch, "device": str(device), "amp": str(dtype).removeprefix("torch.") if dtype else "off",
-        "batch_size": batch_size, "workers": train_loader.num_workers, "threads": torch.get_num_threads(),
-        "images_per_s": images_per_second,
-        "epoch_s": len(splits.train_labels) / images_per_second,
-    }
+    with torch_threads(threads):
+        seed_everything(0)
+        model = build_model(arch).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_loader, _, _ = make_loaders(splits, batch_size, augment=augment, device=device, num_workers=num_workers)
+        optimizer, scheduler = make_optimizer(model, len(train_loader), 1, max_lr=FULL_RUNS[arch].max_lr)
+        steps = len(train_loader) if batches is None else min(batches, len(train_loader) - 3)
+        if steps < 1:
+            raise ValueError(f"{len(train_loader)} batches of {batch_size} are too few to time: use more images")
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        parts = [0.0, 0.0, 0.0]
+        model.train()
+        iterator = iter(train_loader)
+        for step in range(3 + steps):
+            started = time.perf_counter()
+            x, y = next(iterator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if not channels_last:
+                x = x.contiguous()
+            sync()
+            loaded = time.perf_counter()
+            with _autocast(device, dtype):
+                log_probs = model(x)
+            loss = F.nll_loss(log_probs.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            sync()
+            computed = time.perf_counter()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            sync()
+            finished = time.perf_counter()
+            if step >= 3:  # the first steps pay for allocations and kernel choices
+                for index, seconds in enumerate((loaded - started, computed - loaded, finished - computed)):
+                    parts[index] += seconds
+        return EpochTiming(
+            model=arch, device=str(device), amp=str(dtype).removeprefix("torch.") if dtype else "off",
+            pipeline=augment, batch_size=batch_size, workers=getattr(train_loader, "num_workers", 0),
+            threads=torch.get_num_threads(), batches=steps, data_s=parts[0], forward_backward_s=parts[1],
+            optimizer_s=parts[2], epoch_images=len(splits.train_labels),
+        )
+
+
+@dataclass(frozen=True)
+class TimeToAccuracy:
+    """The CNN's test accuracy after each epoch, and the training time until it first reached ``target``."""
+
+    target: float
+    seconds_to_target: float | None  # None: not reached within the run
+    epochs: int
+    total_s: float
+    test_accuracy_per_epoch: list[float]
+    seconds_per_epoch: list[float]
 
 
 def time_to_accuracy(
@@ -69,30 +152,85 @@ def time_to_accuracy(
     target: float = 0.992,
     epochs: int = 5,
     batch_size: int = 128,
-    augment: bool = False,
-    device: str | None = None,
-) -> dict:
-    """Train a DigitCNN for ``epochs`` with test accuracy measured after each epoch.
+    augment: str = "device",
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+) -> TimeToAccuracy:
+    """Train a DigitCNN for ``epochs`` (one-cycle over those epochs, the full run's peak learning rate),
+    measuring test accuracy after every epoch.
 
-    Without augmentation by default: a short run has no time to profit from it.
-
-    Returns the wall time until test accuracy first reached ``target`` (None if it never did)
-    and the per-epoch history. The test set is watched here only to time the run; no model
-    is selected on it.
+    The test set stands in for the validation set here only to time the run; no model is selected on
+    it. An epoch's seconds include that evaluation, as a real run's include validation.
     """
     seed_everything(0)
     model = build_model("cnn")
-    train_loader, _, test_loader = make_loaders(splits, batch_size, augment=augment)
+    train_loader, _, test_loader = make_loaders(splits, batch_size, augment=augment, device=pick_device(device))
     started = time.perf_counter()
-    history = fit(model, train_loader, test_loader, epochs, device=device, progress=False, log=None)
+    history = fit(model, train_loader, test_loader, epochs, max_lr=FULL_RUNS["cnn"].max_lr, amp=amp, device=device,
+                  progress=False, log=None)
     total = time.perf_counter() - started
     elapsed, reached = 0.0, None
-    for seconds, accuracy in zip(history["seconds"], history["val_accuracy"]):
+    for seconds, accuracy in zip(history["seconds"], history["val_accuracy"], strict=True):
         elapsed += seconds
         if accuracy >= target:
             reached = elapsed
             break
+    return TimeToAccuracy(
+        target=target, seconds_to_target=reached, epochs=epochs, total_s=total,
+        test_accuracy_per_epoch=history["val_accuracy"], seconds_per_epoch=history["seconds"],
+    )
+
+
+def single_image_latency(
+    model: nn.Module, image, mean: float, std: float, repeats: int = 200, warmup: int = 20, threads: int | None = 1
+) -> dict:
+    """Time preprocessing plus the forward pass for one image, in this process on the CPU.
+
+    Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
+    and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
+    a single 28x28 image is too little work to share, and on a busy two-core machine a second
+    thread made it several times slower (measured).
+    """
+    model = model.cpu().eval()
+    totals, preprocess_times, forward_times = [], [], []
+    with torch_threads(threads), torch.inference_mode():
+        for run in range(warmup + repeats):
+            started = time.perf_counter()
+            x = preprocess(image, mean, std)
+            prepared = time.perf_counter()
+            model(x)
+            finished = time.perf_counter()
+            if run >= warmup:
+                totals.append(finished - started)
+                preprocess_times.append(prepared - started)
+                forward_times.append(finished - prepared)
+    milliseconds = 1000 * np.asarray(totals)
     return {
-        "target": target, "seconds_to_target": reached, "epochs": epochs, "total_s": total,
-        "test_accuracy_per_epoch": history["val_accuracy"], "seconds_per_epoch": history["seconds"],
+        "median_ms": float(np.median(milliseconds)),
+        "p90_ms": float(np.percentile(milliseconds, 90)),
+        "preprocess_ms": 1000 * statistics.median(preprocess_times),
+        "forward_ms": 1000 * statistics.median(forward_times),
+        "repeats": repeats,
+        "threads": torch.get_num_threads() if threads is None else threads,
     }
+
+
+def batch_throughput(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, repeats: int = 3, threads: int | None = None
+) -> dict:
+    """Images per second for the forward pass over normalised ``images`` (N, 1, 28, 28) in batches.
+
+    The best of ``repeats`` passes (after one warm-up batch), all threads by default.
+    """
+    model = model.cpu().eval()
+    batches = list(images.split(batch_size))
+    with torch_threads(threads), torch.inference_mode():
+        model(batches[0])
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for batch in batches:
+                model(batch)
+            seconds.append(time.perf_counter() - started)
+    best = min(seconds)
+    return {"images_per_s": len(images) / best, "batch_size": batch_size, "images": len(images), "seconds": best}

@@ -1,21 +1,29 @@
 """``python -m digitlib``: data, train, bench, evaluate and predict.
 
 Expected failures (missing data, a bad checkpoint, an unreadable image) print one line on
-stderr and exit with status 2; argparse reports bad flags itself.
+stderr and exit with status 2; argparse reports bad flags itself. Ctrl-C exits with 130.
+
+Only the command that runs imports torch and the rest, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
-from .config import models_dir, smoke_test
+from . import __version__
+from .config import FULL_RUNS, REFERENCE_BATCH_SIZE, models_dir, scaled_max_lr, smoke_test
 from .errors import DigitlibError
-from .training import FULL_RUNS
 
 SHARED_MNIST = Path("../shared/mnist")
+AUGMENT_CHOICES = ("device", "albumentations", "none")
+START_LR = 1e-3  # where the one-cycle schedule starts, at the reference batch size
+AMP_HELP = "mixed precision with torch.autocast (default: on for CUDA and for CPUs with bf16 hardware, off elsewhere)"
 
 
 def _add_data_command(commands) -> None:
@@ -41,65 +49,91 @@ def _add_train_command(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a model and save a checkpoint",
         description="Train DigitCNN or DigitResNet on the 80 %% training split, keep the best epoch by "
-        "validation accuracy, report test accuracy, and save a checkpoint.",
+        "validation accuracy, report test accuracy, and save a checkpoint. An existing checkpoint is "
+        "never replaced unless you pass --force.",
     )
-    parser.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="architecture (default: cnn)")
+    per_model_epochs = ", ".join(f"{run.epochs} for {arch}" for arch, run in FULL_RUNS.items())
+    per_model_peak = ", ".join(f"{run.max_lr:g} for {arch}" for arch, run in FULL_RUNS.items())
+    parser.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
+                        help="architecture (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="training epochs (default: " + ", ".join(f"{run['epochs']} for {m}" for m, run in FULL_RUNS.items()) + ")")
-    parser.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size (default: 128)")
-    parser.add_argument("--lr", type=_positive_float, default=1e-3, help="AdamW's initial learning rate (default: 1e-3)")
+                        help=f"training epochs (default: {per_model_epochs})")
+    parser.add_argument("--batch-size", type=_positive_int, default=128,
+                        help="training batch size (default: %(default)s)")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help=f"AdamW's initial learning rate, where the one-cycle schedule starts (default: "
+                        f"{START_LR:g} at batch size {REFERENCE_BATCH_SIZE}, scaled like --max-lr)")
     parser.add_argument("--max-lr", type=_positive_float, default=None,
-                        help="OneCycleLR's peak learning rate (default: " + ", ".join(f"{run['max_lr']:g} for {m}" for m, run in FULL_RUNS.items()) + ")")
-    parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW's weight decay (default: 1e-2)")
-    parser.add_argument(
-        "--amp", action=argparse.BooleanOptionalAction, default=None,
-        help="mixed precision with torch.autocast (default: on for CUDA, off elsewhere)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed for split, initialisation, shuffling, augmentation (default: 0)")
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: auto)")
+                        help=f"OneCycleLR's peak learning rate (default: {per_model_peak} at batch size "
+                        f"{REFERENCE_BATCH_SIZE}, scaled by the square root of --batch-size / {REFERENCE_BATCH_SIZE})")
+    parser.add_argument("--weight-decay", type=_non_negative_float, default=1e-2,
+                        help="AdamW's weight decay (default: %(default)s)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for split, initialisation, shuffling, augmentation (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
+    parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="device",
+                        help="device: whole batches on the training device (fast); albumentations: one image at a "
+                        "time in DataLoader workers; none (default: %(default)s)")
     parser.add_argument("--workers", type=_non_negative_int, default=None,
-                        help="DataLoader worker processes for augmentation (default: 0 on two cores or fewer, else up to 4)")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+                        help="DataLoader worker processes, with --augment albumentations only (default: 0 on two "
+                        "cores or fewer, else up to 4)")
     parser.add_argument(
         "--limit", type=_positive_int, default=None,
         help="use only this many of the 60,000 training images and 1,000 test images (quick runs; "
         "DIGITLIB_SMOKE=1 implies 2,000)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint path (default: models/<model>.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from --out")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="checkpoint path (default: models/<model>.pt, or models/quick/<model>.pt with --limit)")
+    parser.add_argument("--force", action="store_true", help="replace the checkpoint at --out if there is one")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run from --out, with the same flags")
     parser.set_defaults(handler=_train)
 
 
 def _train(args) -> int:
-    from . import data, training
+    from . import data, loaders, training
     from .checkpoints import update_checkpoint
     from .models import build_model, count_parameters
 
     limit = args.limit or (2000 if smoke_test() else None)
-    out = args.out or models_dir() / f"{args.model}.pt"
+    out = args.out or models_dir() / ("quick" if limit else "") / f"{args.model}.pt"
+    _check_destination(out, args.force, args.resume)
     device = training.pick_device(args.device)  # a bad --device fails before any data is loaded
+    full_run = FULL_RUNS[args.model]
+    epochs = args.epochs or full_run.epochs
+    max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
+    lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
+    if not args.resume:
+        training.check_writable(out)  # before the data is loaded and hours are spent
     training.seed_everything(args.seed)
     splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None)
-    train_loader, val_loader, test_loader = data.make_loaders(
-        splits, args.batch_size, augment=args.augment, num_workers=args.workers, seed=args.seed
+    train_loader, val_loader, test_loader = loaders.make_loaders(
+        splits, args.batch_size, augment=args.augment, device=device, num_workers=args.workers, seed=args.seed
     )
     model = build_model(args.model)
     print(
         f"{args.model}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
-        f"{len(splits.val_labels):,} validation images, device {device}"
+        f"{len(splits.val_labels):,} validation images, device {device}", flush=True,
     )
+    metadata = {
+        "normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed,
+        "data": {"dataset": "mnist", "train_limit": limit, "augment": args.augment},
+    }
+    previous_sigterm = _stop_on_sigterm()
     try:
         history = training.fit(
-            model, train_loader, val_loader, args.epochs or FULL_RUNS[args.model]["epochs"], lr=args.lr,
-            max_lr=args.max_lr or FULL_RUNS[args.model]["max_lr"],
-            weight_decay=args.weight_decay, amp=args.amp, device=device, checkpoint=out, resume=args.resume,
-            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed},
-            progress=sys.stderr.isatty(),
+            model, train_loader, val_loader, epochs, lr=lr, max_lr=max_lr, weight_decay=args.weight_decay,
+            amp=args.amp, device=device, checkpoint=out, resume=args.resume, metadata=metadata,
+            progress=sys.stderr.isatty(), log=_print_now,
         )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {out} keeps the best epoch so far; continue with the same flags plus --resume",
-              file=sys.stderr)
+        kept = f"{out} keeps the best epoch so far; continue with the same flags plus --resume" if out.exists() \
+            else "no epoch had finished, so nothing was saved"
+        print(f"\ninterrupted: {kept}", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     test_loss, test_accuracy = training.test_step(model, test_loader, device, training.amp_dtype(device, args.amp))
     best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
     update_checkpoint(out, metrics={
@@ -112,27 +146,72 @@ def _train(args) -> int:
     return 0
 
 
+def _check_destination(out: Path, force: bool, resume: bool) -> None:
+    """Refuse to replace a checkpoint nobody asked to replace: it may hold hours of training."""
+    from .checkpoints import read_checkpoint
+    from .errors import CheckpointError
+    from .evaluation import recorded_accuracy
+
+    if out.is_dir():
+        raise CheckpointError(f"{out} is a folder: give a file name for the checkpoint, e.g. {out / 'model.pt'}")
+    if resume:
+        if force:
+            raise DigitlibError("--resume continues the checkpoint and --force replaces it: pass one of them")
+        return
+    if force or not (out.exists() or out.is_symlink()):
+        return
+    try:
+        info = read_checkpoint(out)
+        recorded = recorded_accuracy(info)
+        what = f"a trained {info.get('arch')}" + (f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else "")
+    except CheckpointError:
+        what = "not a readable checkpoint"
+    raise DigitlibError(
+        f"{out} already exists ({what}): pass --force to replace it, --resume to continue it, or --out NEW.pt"
+    )
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill``, a job scheduler, a closing terminal) stop training like Ctrl-C.
+
+    The epoch in progress is dropped and the checkpoint of the last finished one is kept, whole.
+    Returns the previous handler, to put back.
+    """
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _print_now(line: str) -> None:
+    """print, flushed: a log piped to a file or `tee` shows each epoch when it ends."""
+    print(line, flush=True)
+
+
 def _add_bench_command(commands) -> None:
     parser = commands.add_parser(
-        "bench", help="measure training throughput and the CNN's time to 99.2 %% test accuracy",
-        description="Print images/s and seconds per epoch for both models on this device, then train "
-        "DigitCNN and report the wall time until its test accuracy first reaches the target.",
+        "bench", help="measure where training time goes, and the CNN's time to 99.2 %% test accuracy",
+        description="Time training steps of both models, split into making the batch, forward + backward, "
+        "and the optimiser step; then train DigitCNN and report the training time until its test accuracy "
+        "(checked after every epoch) first reaches the target.",
     )
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: auto)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                        help="mixed precision (default: on for CUDA, off elsewhere)")
-    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128], help="batch sizes to time (default: 128)")
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
+    parser.add_argument("--models", choices=("cnn", "resnet"), nargs="+", default=["cnn", "resnet"],
+                        help="architectures to time (default: %(default)s)")
+    parser.add_argument("--augment", choices=AUGMENT_CHOICES, nargs="+", default=["device"],
+                        help="input pipelines to time (default: %(default)s)")
+    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128],
+                        help="batch sizes to time (default: %(default)s)")
     parser.add_argument("--workers", type=_non_negative_int, nargs="+", default=[None],
-                        help="worker counts to time (default: the training default for this machine)")
+                        help="DataLoader workers to time with --augment albumentations (default: the training default)")
     parser.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
                         help="PyTorch thread counts to time (default: PyTorch's own choice)")
     parser.add_argument("--batches", type=_positive_int, default=None,
                         help="time this many batches instead of a whole epoch (quicker sweeps)")
-    parser.add_argument("--target", type=float, default=0.992, help="test accuracy to reach (default: 0.992)")
-    parser.add_argument("--target-augment", action="store_true",
-                        help="augment the training images in the time-to-accuracy run (default: plain images)")
+    parser.add_argument("--target", type=_fraction, default=0.992, help="test accuracy to reach (default: %(default)s)")
     parser.add_argument("--target-epochs", type=_non_negative_int, default=5,
-                        help="length of the time-to-accuracy run; 0 skips it (default: 4)")
+                        help="length of the time-to-accuracy run; 0 skips it (default: %(default)s)")
     parser.set_defaults(handler=_bench)
 
 
@@ -140,23 +219,29 @@ def _bench(args) -> int:
     from . import bench, data
 
     splits = data.load_splits(train_limit=2000 if smoke_test() else None, test_limit=1000 if smoke_test() else None)
-    print(f"{'model':<8}{'device':<8}{'amp':<10}{'batch':>6}{'workers':>8}{'threads':>8}{'images/s':>10}{'s/epoch':>9}")
-    for arch, batch_size, workers, threads in itertools.product(
-        ("cnn", "resnet"), args.batch_sizes, args.workers, args.threads
+    columns = ("model", "device", "amp", "augment", "batch", "workers", "threads", "data s", "fwd+bwd s", "optim s",
+               "images/s", "s/epoch")
+    print("  ".join(f"{c:>9}" for c in columns))
+    for arch, augment, batch_size, workers, threads in itertools.product(
+        args.models, args.augment, args.batch_sizes, args.workers, args.threads
     ):
-        row = bench.training_throughput(arch, splits, batch_size, workers, args.batches, args.device, args.amp, threads)
-        print(f"{row['model']:<8}{row['device']:<8}{row['amp']:<10}{row['batch_size']:>6}{row['workers']:>8}"
-              f"{row['threads']:>8}{row['images_per_s']:>10.0f}{row['epoch_s']:>9.1f}", flush=True)
+        if workers is not None and augment != "albumentations":
+            continue  # workers only exist on the per-sample path
+        row = bench.epoch_breakdown(arch, splits, batch_size, augment, args.batches, args.device, args.amp, threads,
+                                    workers)
+        cells = (row.model, row.device, row.amp, row.pipeline, row.batch_size, row.workers, row.threads,
+                 f"{row.data_s:.2f}", f"{row.forward_backward_s:.2f}", f"{row.optimizer_s:.2f}",
+                 f"{row.images_per_s:.0f}", f"{row.epoch_s:.1f}")
+        print("  ".join(f"{c:>9}" for c in cells), flush=True)
     if args.target_epochs:
-        result = bench.time_to_accuracy(
-            splits, args.target, args.target_epochs, augment=args.target_augment, device=args.device
-        )
-        per_epoch = "  ".join(f"{a:.2%}" for a in result["test_accuracy_per_epoch"])
+        result = bench.time_to_accuracy(splits, args.target, args.target_epochs, device=args.device, amp=args.amp)
+        per_epoch = "  ".join(f"{a:.2%}" for a in result.test_accuracy_per_epoch)
         print(f"cnn test accuracy after each epoch: {per_epoch}")
-        if result["seconds_to_target"] is None:
-            print(f"cnn did not reach {args.target:.1%} in {args.target_epochs} epochs ({result['total_s']:.0f}s)")
+        if result.seconds_to_target is None:
+            print(f"cnn did not reach {args.target:.1%} in {args.target_epochs} epochs ({result.total_s:.0f}s)")
         else:
-            print(f"cnn reached {args.target:.1%} test accuracy after {result['seconds_to_target']:.0f}s of training")
+            print(f"cnn reached {args.target:.1%} test accuracy after {result.seconds_to_target:.1f}s of training "
+                  f"(epochs of {', '.join(f'{s:.1f}' for s in result.seconds_per_epoch)}s including the test pass)")
     return 0
 
 
@@ -171,25 +256,27 @@ def _add_evaluate_command(commands) -> None:
                         help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="use only the first N test images (default: all 10,000; 1,000 in smoke mode)")
-    parser.add_argument("--top", type=_positive_int, default=5, help="most-confused pairs to list (default: 5)")
+    parser.add_argument("--top", type=_positive_int, default=5,
+                        help="most-confused pairs to list (default: %(default)s)")
     parser.add_argument("--repeats", type=_non_negative_int, default=None,
                         help="timed runs for the one-image latency; 0 skips timing (default: 200; 20 in smoke mode)")
-    parser.add_argument("--device", default="auto", help="device for the test-set pass: cuda, mps, cpu or auto (default: auto)")
+    parser.add_argument("--device", default="auto",
+                        help="device for the test-set pass: cuda, mps, cpu or auto (default: %(default)s)")
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args) -> int:
     import torch
 
-    from . import data, evaluation
-    from .checkpoints import load_checkpoint
+    from . import bench, data, evaluation
+    from .checkpoints import load_checkpoint, normalization
     from .models import count_parameters
     from .training import pick_device
 
-    path = args.model or evaluation.best_checkpoint()
+    path = args.model or evaluation.best_checkpoint(log=_warn)
     device = pick_device(args.device)
     model, info = load_checkpoint(path, device)
-    mean, std = _normalization(info, path)
+    mean, std = normalization(info, path)
     limit = args.limit or (1000 if smoke_test() else None)
     images, labels = data.load_mnist(train=False)
     images, labels = images[:limit], labels[:limit]
@@ -213,24 +300,15 @@ def _evaluate(args) -> int:
     if repeats:
         model = model.cpu()
         drawing = evaluation.as_drawing(images[0])
-        latency = evaluation.single_image_latency(model, drawing, mean, std, repeats=repeats)
+        latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
         print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
               f"{drawing.width}x{drawing.height} drawing: preprocessing {latency['preprocess_ms']:.2f} ms + forward "
               f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
         batches = data.normalize(images, mean, std)
-        throughput = evaluation.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
+        throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
         print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
               f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
     return 0
-
-
-def _normalization(info: dict, path) -> tuple[float, float]:
-    from .errors import CheckpointError
-
-    normalization = info.get("normalization") or {}
-    if "mean" not in normalization or "std" not in normalization:
-        raise CheckpointError(f"{path} does not record its training normalisation (mean, std): train it again.")
-    return float(normalization["mean"]), float(normalization["std"])
 
 
 def _add_predict_command(commands) -> None:
@@ -245,7 +323,8 @@ def _add_predict_command(commands) -> None:
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     parser.add_argument("--model", type=Path, default=None,
                         help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
-    parser.add_argument("--top", type=_positive_int, default=1, help="list the K most likely digits (default: 1)")
+    parser.add_argument("--top", type=_top_k, default=1,
+                        help="list the K most likely digits, 1 to 10 (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     parser.set_defaults(handler=_predict)
 
@@ -256,13 +335,13 @@ def _predict(args) -> int:
     import torch
 
     from . import evaluation
-    from .checkpoints import load_checkpoint
+    from .checkpoints import load_checkpoint, normalization
     from .errors import ImageError
     from .preprocess import load_image
 
-    path = args.model or evaluation.best_checkpoint()
+    path = args.model or evaluation.best_checkpoint(log=_warn)
     model, info = load_checkpoint(path, "cpu")
-    mean, std = _normalization(info, path)
+    mean, std = normalization(info, path)
     torch.set_num_threads(1)  # one small image at a time: a second thread only adds overhead
     results, failed = [], 0
     if not args.json:
@@ -270,7 +349,8 @@ def _predict(args) -> int:
         accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
         print(f"model {path} ({info['arch']}{accuracy})")
         width = max(len(str(image)) for image in args.images)
-        print(f"{'image':<{width}}  digit  probability" + ("  top " + str(args.top) if args.top > 1 else ""), flush=True)
+        top_column = f"  top {args.top}" if args.top > 1 else ""
+        print(f"{'image':<{width}}  digit  probability{top_column}", flush=True)
     for image_path in args.images:
         try:
             top = evaluation.predict_image(model, load_image(image_path), mean, std, args.top)
@@ -291,13 +371,15 @@ def _predict(args) -> int:
     return 1 if failed else 0
 
 
-def _number(kind, minimum: float, exclusive: bool, wording: str):
+def _number(kind, minimum: float, exclusive: bool, wording: str, maximum: float = math.inf):
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {wording}") from None
-        if value < minimum or (exclusive and value == minimum):
+        # nan compares false with everything, so test finiteness first: a NaN or infinite learning
+        # rate would train (and save) a model of NaNs.
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum) or value > maximum:
             raise argparse.ArgumentTypeError(f"{text!r} is not {wording}")
         return value
     return parse
@@ -305,11 +387,19 @@ def _number(kind, minimum: float, exclusive: bool, wording: str):
 
 _positive_int = _number(int, 0, True, "a positive whole number")
 _non_negative_int = _number(int, 0, False, "a whole number of 0 or more")
-_positive_float = _number(float, 0.0, True, "a positive number")
+_positive_float = _number(float, 0.0, True, "a finite positive number")
+_non_negative_float = _number(float, 0.0, False, "a finite number of 0 or more")
+_fraction = _number(float, 0.0, True, "a fraction between 0 and 1, like 0.992", maximum=1.0)
+_top_k = _number(int, 0, True, "a whole number from 1 to 10 (there are 10 digits)", maximum=10)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m digitlib", description="The digits course's command line.")
+    parser.add_argument("--version", action="version", version=f"digitlib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_data_command, _add_train_command, _add_bench_command, _add_evaluate_command, _add_predict_command,
@@ -319,9 +409,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except DigitlibError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading data, importing torch): no traceback
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`predict ... | head -1`): stop quietly, as Unix tools do. Point
+        # stdout at /dev/null so Python's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command stopped by a closed pipe

@@ -1,41 +1,86 @@
-"""MNIST through torchvision: loading, a stratified split, augmentation, datasets and loaders.
+"""MNIST through torchvision: the files, checked; a stratified split; normalisation constants.
 
-Images stay uint8 tensors in memory (47 MB for all 70,000); a Dataset turns one into a
-normalised float tensor on demand, after an optional albumentations pipeline.
+Images stay uint8 tensors in memory (55 MB for all 70,000: 70,000 × 28 × 28 bytes). Turning them
+into batches is ``loaders``' job; augmenting them is ``augment``'s.
+
+Heavy packages (torchvision, scikit-learn, albumentations, OpenCV) are imported inside the
+functions that use them, so ``import digitlib.data`` costs little more than ``import torch``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import math
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.error import URLError
 
-import albumentations as A
-import cv2
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset
-from torchvision.datasets import MNIST
 
 from .config import data_dir
 from .errors import DataError
 
-#: The four original files and the md5s torchvision checks.
-MNIST_FILES: dict[str, str] = dict(MNIST.resources)
+if TYPE_CHECKING:
+    pass
 
-# Bytes of each file once unzipped: a 16-byte (images) or 8-byte (labels) header plus the data.
-_UNZIPPED_SIZES = {
-    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
-    "train-labels-idx1-ubyte": 8 + 60_000,
-    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
-    "t10k-labels-idx1-ubyte": 8 + 10_000,
+#: The four original files and the md5s torchvision checks (equal to ``torchvision.datasets.MNIST.resources``,
+#: written out so that importing this module does not import torchvision; a test keeps the two in step).
+MNIST_FILES: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 
+#: Seconds a download waits on each network operation (connect, each read) before giving up.
+DOWNLOAD_TIMEOUT_S = 30.0
+#: Environment variable that overrides :data:`DOWNLOAD_TIMEOUT_S`.
+DOWNLOAD_TIMEOUT_ENV = "DIGITLIB_DOWNLOAD_TIMEOUT"
+
+IMAGE_MAGIC = 2051  # IDX header: unsigned bytes, 3 dimensions
+LABEL_MAGIC = 2049  # IDX header: unsigned bytes, 1 dimension
+IMAGE_SIDE = 28
+
 CLASSES = tuple(range(10))
+
+
+@dataclass(frozen=True)
+class IdxLayout:
+    """What one unzipped MNIST file must look like."""
+
+    magic: int
+    count: int
+    is_images: bool
+
+    @property
+    def header_bytes(self) -> int:
+        return 16 if self.is_images else 8
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole file: header plus one byte per pixel or label."""
+        per_item = IMAGE_SIDE * IMAGE_SIDE if self.is_images else 1
+        return self.header_bytes + self.count * per_item
+
+
+_UNZIPPED_LAYOUTS = {
+    "train-images-idx3-ubyte": IdxLayout(IMAGE_MAGIC, 60_000, is_images=True),
+    "train-labels-idx1-ubyte": IdxLayout(LABEL_MAGIC, 60_000, is_images=False),
+    "t10k-images-idx3-ubyte": IdxLayout(IMAGE_MAGIC, 10_000, is_images=True),
+    "t10k-labels-idx1-ubyte": IdxLayout(LABEL_MAGIC, 10_000, is_images=False),
+}
+
+# errno values that mean "this folder cannot take the file", as opposed to a network failure.
+_NOT_WRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 def raw_dir(root: str | os.PathLike | None = None) -> Path:
@@ -44,7 +89,60 @@ def raw_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def download_timeout() -> float:
+    """Seconds a download may wait on the network: ``$DIGITLIB_DOWNLOAD_TIMEOUT``, else :data:`DOWNLOAD_TIMEOUT_S`."""
+    text = os.environ.get(DOWNLOAD_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DOWNLOAD_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise DataError(f"{DOWNLOAD_TIMEOUT_ENV}={text!r} is not a positive number of seconds: set it to e.g. 30.")
+    return seconds
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Give every new socket a timeout while the block runs, then restore the previous default.
+
+    torchvision's download calls ``urlopen`` without a timeout, so a server that accepts and never
+    answers would block forever; the process-wide default is the only handle on it.
+    """
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _reason(error: OSError) -> str:
+    """``strerror: filename``, the part of an OSError a user can act on."""
+    reason = error.strerror or type(error).__name__
+    return f"{reason}: {error.filename}" if error.filename else reason
+
+
+def _cannot_read(path: Path, error: OSError) -> DataError:
+    return DataError(
+        f"cannot read {path} ({error.strerror or type(error).__name__}): make it readable, or set DIGITLIB_DATA to "
+        "a folder whose MNIST/raw/ has the files."
+    )
+
+
+def _cannot_write(folder: Path, error: OSError) -> DataError:
+    """One line for a local file-system failure in ``folder``: read-only or not ours, full, or anything else."""
+    if isinstance(error, PermissionError) or error.errno in _NOT_WRITABLE_ERRNOS:
+        problem, advice = "cannot write to", "make it writable or set DIGITLIB_DATA to a writable folder"
+    elif error.errno in _NO_SPACE_ERRNOS:
+        problem, advice = "cannot write to", "free some space or set DIGITLIB_DATA to another disk"
+    else:
+        problem, advice = "cannot read or write", "check the disk or set DIGITLIB_DATA to another folder"
+    return DataError(f"{problem} {folder} ({_reason(error)}): {advice}.")
 
 
 def copy_mnist_files(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
@@ -53,68 +151,164 @@ def copy_mnist_files(source: str | os.PathLike, root: str | os.PathLike | None =
     Files already there with the right checksum are left alone. Returns the paths in ``raw``.
     """
     source, target = Path(source), raw_dir(root)
-    target.mkdir(parents=True, exist_ok=True)
     copied = []
-    for name, md5 in MNIST_FILES.items():
-        src, dst = source / name, target / name
-        if not src.exists():
-            raise DataError(f"{src} is missing: {source} should hold the four MNIST files {', '.join(MNIST_FILES)}.")
-        if not (dst.exists() and _md5(dst) == md5):
-            tmp = dst.with_suffix(".part")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)  # atomic: a half-copied file never carries the real name
-        copied.append(dst)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name, md5 in MNIST_FILES.items():
+            src, dst = source / name, target / name
+            if not src.exists():
+                raise DataError(
+                    f"{src} is missing: {source} should hold the four MNIST files {', '.join(MNIST_FILES)}."
+                )
+            if not (dst.exists() and _md5(dst) == md5):
+                _copy_atomically(src, dst)
+            copied.append(dst)
+    except OSError as error:
+        if error.filename and Path(error.filename).parent == source:
+            raise _cannot_read(Path(error.filename), error) from None
+        raise _cannot_write(target, error) from None
     return copied
 
 
-def check_raw_files(root: str | os.PathLike | None = None) -> None:
-    """Fail with a clear message if a file in ``MNIST/raw`` is truncated or corrupt.
+def _copy_atomically(source: Path, target: Path) -> None:
+    """A half-copied file (disk full, Ctrl-C) never carries the real name, and its ``.part`` is removed."""
+    partial = target.with_suffix(".part")
+    try:
+        shutil.copyfile(source, partial)
+        partial.replace(target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise
 
-    torchvision would otherwise try to re-download a bad ``.gz`` or hand a short unzipped file to
-    numpy. An unzipped file that is wrong but has a good ``.gz`` beside it is simply removed, so
-    torchvision unzips it again.
+
+def idx_problem(path: str | os.PathLike) -> str | None:
+    """What is wrong with one unzipped MNIST file, or None when it is sound.
+
+    Checks what torchvision would otherwise trip over with an AssertionError, or pass on to
+    training: the IDX magic number, the dimensions (N, 28, 28) or (N,), the file size, and for
+    label files that every label is a digit 0..9. ``path``'s name says which of the four files it
+    must be. Reads the header only, plus the labels (60 KB at most).
+    """
+    path = Path(path)
+    layout = _UNZIPPED_LAYOUTS[path.name]
+    kind = "images" if layout.is_images else "labels"
+    size = path.stat().st_size
+    if size < layout.header_bytes:
+        return f"is truncated or corrupt ({size:,} bytes, expected {layout.size:,})"
+    with path.open("rb") as file:
+        header = np.frombuffer(file.read(layout.header_bytes), dtype=">u4")  # IDX: big-endian 32-bit integers
+        magic, dims = int(header[0]), tuple(int(d) for d in header[1:])
+        if magic != layout.magic:
+            return f"is not an MNIST {kind} file (magic number {magic}, expected {layout.magic})"
+        expected_dims = (layout.count, IMAGE_SIDE, IMAGE_SIDE) if layout.is_images else (layout.count,)
+        if dims != expected_dims:
+            shown = " x ".join(f"{d:,}" for d in dims)
+            wanted = " x ".join(f"{d:,}" for d in expected_dims)
+            return f"has {kind} of shape {shown} in its header, expected {wanted}"
+        if size != layout.size:
+            return f"is truncated or corrupt ({size:,} bytes, expected {layout.size:,})"
+        if not layout.is_images:
+            labels = np.frombuffer(file.read(), dtype=np.uint8)
+            wrong = np.flatnonzero(labels > CLASSES[-1])
+            if wrong.size:
+                count = f"{wrong.size:,} label" + ("s" if wrong.size > 1 else "")
+                return f"holds label {labels[wrong[0]]} at position {wrong[0]:,} ({count} outside 0..{CLASSES[-1]})"
+    return None
+
+
+def check_raw_files(root: str | os.PathLike | None = None) -> None:
+    """Fail with a clear message if a file in ``MNIST/raw`` is truncated, corrupt or unreadable.
+
+    torchvision would otherwise try to re-download a bad ``.gz``, stop on an AssertionError for a
+    bad header, or hand out labels that crash training. An unzipped file that is wrong but has a
+    good ``.gz`` beside it is simply removed, so torchvision unzips it again.
     """
     folder = raw_dir(root)
     for name, md5 in MNIST_FILES.items():
         archive, unzipped = folder / name, folder / name.removesuffix(".gz")
-        archive_ok = archive.exists() and _md5(archive) == md5
+        for path in (archive, unzipped):
+            if path.exists() and not path.is_file():
+                raise DataError(f"{path} is not a file: remove it and run `make data`.")
+        try:
+            archive_ok = archive.exists() and _md5(archive) == md5
+        except OSError as error:
+            raise _cannot_read(archive, error) from None
         if archive.exists() and not archive_ok:
             raise DataError(
                 f"{archive} is truncated or corrupt (its md5 is not the original's {md5}). "
                 "Delete it and run `make data`, or copy the original file there."
             )
-        if unzipped.exists() and unzipped.stat().st_size != _UNZIPPED_SIZES[unzipped.name]:
-            if archive_ok:
-                unzipped.unlink()
-            else:
-                raise DataError(
-                    f"{unzipped} is truncated or corrupt ({unzipped.stat().st_size:,} bytes, expected "
-                    f"{_UNZIPPED_SIZES[unzipped.name]:,}). Delete it and run `make data`."
-                )
+        try:
+            problem = idx_problem(unzipped) if unzipped.exists() else None
+        except OSError as error:
+            raise _cannot_read(unzipped, error) from None
+        if problem is None:
+            continue
+        if not archive_ok:
+            raise DataError(f"{unzipped} {problem}. Delete it and run `make data`.")
+        try:
+            unzipped.unlink()  # torchvision unzips it again from the good archive
+        except OSError as error:
+            raise _cannot_write(folder, error) from None
 
 
-def load_mnist(train: bool = True, root: str | os.PathLike | None = None, download: bool = True):
+def _is_timeout(error: BaseException) -> bool:
+    reason = getattr(error, "reason", None)
+    return isinstance(error, TimeoutError) or isinstance(reason, TimeoutError) or "timed out" in str(error)
+
+
+def _download_failure(folder: Path, error: BaseException, timeout_s: float) -> DataError:
+    if _is_timeout(error):
+        reason = f"no answer within {timeout_s:g} s; {DOWNLOAD_TIMEOUT_ENV} sets that limit"
+    else:
+        # torchvision reports each mirror on its own lines: keep the first (which file) and the last (why).
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
+    return DataError(
+        f"MNIST is not in {folder} and could not be downloaded ({reason}). "
+        f"Put the four original files there ({', '.join(MNIST_FILES)}): `make data` copies "
+        "them from ../shared/mnist/, or set DIGITLIB_DATA to a folder whose MNIST/raw/ has them."
+    )
+
+
+# Failures of the download itself, as opposed to the local folder. URLError is an OSError too, and
+# torchvision wraps each file's failed mirrors in one RuntimeError.
+_NETWORK_ERRORS = (RuntimeError, URLError, TimeoutError, ConnectionError, socket.gaierror, socket.herror)
+
+
+def load_mnist(
+    train: bool = True,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    timeout_s: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (N, 28, 28) uint8 and labels (N,) int64 of the official train or test set.
 
     Reads ``<root>/MNIST/raw`` (root defaults to ``data/`` or ``$DIGITLIB_DATA``); torchvision
-    downloads only when the files are not there.
+    downloads only when the files are not there, waiting at most ``timeout_s`` seconds (default
+    :func:`download_timeout`) on each network operation.
     """
+    from torchvision.datasets import MNIST
+
     root = Path(root or data_dir())
+    folder = raw_dir(root)
     check_raw_files(root)
+    timeout_s = download_timeout() if timeout_s is None else timeout_s
     try:
-        dataset = MNIST(str(root), train=train, download=download)
-    except (RuntimeError, URLError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(
-            f"MNIST is not in {raw_dir(root)} and could not be downloaded ({reason}). "
-            f"Put the four original files there ({', '.join(MNIST_FILES)}): `make data` copies "
-            "them from ../shared/mnist/, or set DIGITLIB_DATA to a folder whose MNIST/raw/ has them."
-        ) from None
+        with _socket_timeout(timeout_s):
+            dataset = MNIST(str(root), train=train, download=download)
+    except _NETWORK_ERRORS as error:
+        raise _download_failure(folder, error, timeout_s) from None
+    except OSError as error:
+        raise _cannot_write(folder, error) from None
     return dataset.data, dataset.targets
 
 
 def split_train_val(labels: torch.Tensor, val_fraction: float = 0.2, seed: int = 0):
     """Seeded, stratified split: (train indices, validation indices), each sorted."""
+    from sklearn.model_selection import train_test_split
+
     indices = np.arange(len(labels))
     train_idx, val_idx = train_test_split(
         indices, test_size=val_fraction, stratify=np.asarray(labels), random_state=seed
@@ -154,6 +348,8 @@ def load_splits(
     ``train_limit`` keeps a stratified subset of the training images before splitting and
     ``test_limit`` the first test images: the smoke mode's small data.
     """
+    from sklearn.model_selection import train_test_split
+
     images, labels = load_mnist(train=True, root=root)
     if train_limit is not None and train_limit < len(labels):
         keep, _ = train_test_split(
@@ -172,96 +368,23 @@ def load_splits(
     )
 
 
-def train_augmentation(seed: int | None = None) -> A.Compose:
-    """The training pipeline: small rotations, shift/scale, elastic or grid distortion, brightness.
-
-    No 90-degree rotations or flips: a 6 turned over is a 9. Works on uint8 (28, 28) arrays.
-    """
-    black = {"border_mode": cv2.BORDER_CONSTANT, "fill": 0}
-    return A.Compose(
-        [
-            A.Affine(rotate=(-15, 15), translate_percent=(-0.1, 0.1), scale=(0.9, 1.1), p=0.9, **black),
-            A.OneOf(
-                [
-                    A.ElasticTransform(alpha=30, sigma=5, **black),
-                    A.GridDistortion(num_steps=5, distort_limit=0.3, **black),
-                ],
-                p=0.3,
-            ),
-            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.3),
-        ],
-        seed=seed,
-    )
-
-
-class DigitDataset(Dataset):
-    """uint8 images in memory → normalised float (1, 28, 28) tensors, augmented per sample if asked."""
-
-    def __init__(self, images, labels, mean: float, std: float, transform: A.BasicTransform | None = None):
-        if len(images) != len(labels):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        self.images, self.labels = images, labels
-        self.mean, self.std, self.transform = mean, std, transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        image = self.images[index]
-        if self.transform is not None:
-            image = torch.from_numpy(self.transform(image=image.numpy())["image"])
-        x = (image.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)).unsqueeze_(0)
-        return x, self.labels[index]
-
-
-def default_workers() -> int:
-    """DataLoader workers for augmentation: none on two cores or fewer, else up to four.
-
-    Measured with ``python -m digitlib bench --workers 0 1 2 --threads 1 2`` on two cores:
-    augmenting in the main process (about 10 s an epoch) beats a worker that takes CPU from
-    PyTorch's two training threads (CNN 1,253 vs 1,122 images/s, ResNet 998 vs 915).
-    """
-    cores = os.cpu_count() or 1
-    return 0 if cores <= 2 else min(4, cores // 2)
-
-
-def make_loaders(
-    splits: MnistSplits,
-    batch_size: int = 128,
-    eval_batch_size: int = 1000,
-    augment: bool = True,
-    num_workers: int | None = None,
-    seed: int = 0,
-) -> tuple[DataLoader, DataLoader, DataLoader]:
-    """Train (shuffled, augmented), validation and test loaders.
-
-    ``num_workers=None`` picks :func:`default_workers`.
-    """
-    num_workers = default_workers() if num_workers is None else num_workers
-    transform = train_augmentation(seed) if augment else None
-    train_set = DigitDataset(splits.train_images, splits.train_labels, splits.mean, splits.std, transform)
-    val_set = DigitDataset(splits.val_images, splits.val_labels, splits.mean, splits.std)
-    test_set = DigitDataset(splits.test_images, splits.test_labels, splits.mean, splits.std)
-    generator = torch.Generator().manual_seed(seed)
-    workers = {"num_workers": num_workers, "persistent_workers": num_workers > 0}
-    train_loader = DataLoader(train_set, batch_size, shuffle=True, generator=generator, drop_last=True, **workers)
-    val_loader = DataLoader(val_set, eval_batch_size)
-    test_loader = DataLoader(test_set, eval_batch_size)
-    return train_loader, val_loader, test_loader
-
-
 def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) → float (N, 1, 28, 28), normalised like the training data."""
     return images.to(torch.float32).div(255).sub(mean).div(std).unsqueeze(1)
 
 
-def prepare(source: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Path:
+def prepare(
+    source: str | os.PathLike | None = None,
+    root: str | os.PathLike | None = None,
+    timeout_s: float | None = None,
+) -> Path:
     """Make MNIST ready in ``<root>/MNIST/raw``: copy it from ``source`` if given, then load both sets once.
 
-    Returns the raw folder. Used by ``make data`` (``python -m digitlib data``).
+    Returns the raw folder. Used by ``make data`` (``python -m digitlib data``). ``timeout_s`` as in
+    :func:`load_mnist`.
     """
     if source is not None:
         copy_mnist_files(source, root)
     for train in (True, False):
-        load_mnist(train=train, root=root)
+        load_mnist(train=train, root=root, timeout_s=timeout_s)
     return raw_dir(root)

@@ -30,7 +30,7 @@ from ipycanvas import Canvas, hold_canvas
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .evaluation import torch_threads
+from .bench import torch_threads
 from .preprocess import SIZE, preprocess
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
@@ -72,13 +72,14 @@ def load_models(
 ) -> dict[str, PadModel]:
     """{"CNN": PadModel, "ResNet": PadModel}: each from ``dl.training.load_or_train`` (loads
     ``models_dir()/<arch>.pt``, or trains a small model there first and says so through ``log``)."""
+    from .checkpoints import normalization
     from .training import load_or_train
 
     models = {}
     for arch in archs:
         model, info = load_or_train(arch, log=log, **train_kwargs)
-        normalization = info["normalization"]
-        models[LABELS.get(arch, arch)] = PadModel(model, float(normalization["mean"]), float(normalization["std"]))
+        mean, std = normalization(info, f"the {arch} checkpoint")
+        models[LABELS.get(arch, arch)] = PadModel(model, mean, std)
     return models
 
 
@@ -169,7 +170,7 @@ class DrawingPad:
                             widgets.VBox([self.digit_label, self.detail_label], layout=widgets.Layout(width="140px")),
                             widgets.VBox([widgets.HTML("<small>what the model saw</small>"), self.image_view]),
                         ]),
-                        *(widgets.HBox([bar, label]) for bar, label in zip(self.bars, self.percentages)),
+                        *(widgets.HBox([bar, label]) for bar, label in zip(self.bars, self.percentages, strict=True)),
                     ],
                     layout=widgets.Layout(margin="0 0 0 16px"),
                 ),
@@ -277,12 +278,14 @@ class DrawingPad:
             self.detail_label.value = ""
             image, probabilities = np.zeros((SIZE, SIZE), np.float32), np.zeros(10)
         else:
-            self.digit_label.value = f'<div style="font-size:88px;font-weight:bold;line-height:100px">{prediction.digit}</div>'
+            self.digit_label.value = (
+                f'<div style="font-size:88px;font-weight:bold;line-height:100px">{prediction.digit}</div>'
+            )
             self.detail_label.value = f"{prediction.confidence:.0%} sure"
             image, probabilities = prediction.image, prediction.probabilities
         self.image_view.value = _png(image, scale=4)
         top = int(probabilities.argmax()) if prediction is not None else -1
-        for digit, (bar, label) in enumerate(zip(self.bars, self.percentages)):
+        for digit, (bar, label) in enumerate(zip(self.bars, self.percentages, strict=True)):
             bar.value = float(probabilities[digit])
             bar.bar_style = "success" if digit == top else ""
             label.value = f"{probabilities[digit]:.0%}" if prediction is not None else ""

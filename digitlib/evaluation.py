@@ -7,23 +7,21 @@ model is run once however many views of its errors we take.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import statistics
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import pandas as pd
 import torch
 from PIL import Image
-from sklearn import metrics as sk_metrics
 from torch import nn
-from torch.utils.data import DataLoader
 
 from .errors import CheckpointError, DigitlibError
 from .preprocess import preprocess
 from .training import _to_device, pick_device
+
+if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
+    import pandas as pd
 
 CLASSES = tuple(range(10))
 
@@ -41,11 +39,11 @@ def predict_proba(model: nn.Module, loader, device: str | torch.device | None = 
     return torch.cat(probabilities), torch.cat(labels)
 
 
-def make_test_loader(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000) -> DataLoader:
-    """A loader over uint8 test ``images``, normalised with a checkpoint's training ``mean`` and ``std``."""
-    from .data import DigitDataset
+def make_test_loader(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000):
+    """Batches of uint8 test ``images``, normalised with a checkpoint's training ``mean`` and ``std``."""
+    from .loaders import DeviceLoader
 
-    return DataLoader(DigitDataset(images, labels, mean, std), batch_size)
+    return DeviceLoader(images, labels, mean, std, batch_size)
 
 
 def classification_metrics(probabilities, labels) -> dict:
@@ -79,6 +77,8 @@ def confusion_matrix(labels, predictions, normalize: str | None = None, num_clas
 
     ``normalize="true"`` divides each row by its count, so a row shows where that digit's images went.
     """
+    from sklearn import metrics as sk_metrics
+
     return sk_metrics.confusion_matrix(
         np.asarray(labels), np.asarray(predictions), labels=range(num_classes), normalize=normalize
     )
@@ -86,6 +86,8 @@ def confusion_matrix(labels, predictions, normalize: str | None = None, num_clas
 
 def classification_report(labels, predictions, output_dict: bool = False):
     """scikit-learn's precision/recall/F1 per digit, as text (``output_dict=False``) or a dict."""
+    from sklearn import metrics as sk_metrics
+
     return sk_metrics.classification_report(
         np.asarray(labels), np.asarray(predictions), labels=list(CLASSES),
         target_names=[str(digit) for digit in CLASSES], digits=4, output_dict=output_dict, zero_division=0,
@@ -113,6 +115,8 @@ def misclassified(probabilities, labels) -> pd.DataFrame:
     runner-up digit ``second`` and ``second_probability``, and the probability given to the
     true digit, ``true_probability``.
     """
+    import pandas as pd
+
     probabilities, labels = torch.as_tensor(probabilities), torch.as_tensor(labels)
     top2 = probabilities.topk(2, dim=1)
     wrong = torch.nonzero(top2.indices[:, 0] != labels).squeeze(1)
@@ -157,7 +161,7 @@ def predict_image(model: nn.Module, image, mean: float, std: float, top: int = 3
     """
     probabilities = model(preprocess(image, mean, std))[0].exp()
     values, digits = probabilities.topk(min(top, len(probabilities)))
-    return [(int(d), float(v)) for d, v in zip(digits, values)]
+    return [(int(d), float(v)) for d, v in zip(digits, values, strict=True)]
 
 
 def as_drawing(image, side: int = 280) -> Image.Image:
@@ -167,73 +171,6 @@ def as_drawing(image, side: int = 280) -> Image.Image:
     """
     grey = Image.fromarray(255 - np.asarray(image, dtype=np.uint8))
     return grey.resize((side, side), Image.Resampling.BILINEAR).convert("RGB")
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None):
-    """Run the block with ``count`` intra-op threads (None: leave the setting alone)."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def single_image_latency(
-    model: nn.Module, image, mean: float, std: float, repeats: int = 200, warmup: int = 20, threads: int | None = 1
-) -> dict:
-    """Time preprocessing plus the forward pass for one image, in this process on the CPU.
-
-    Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
-    and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
-    a single 28x28 image is too little work to share, and on a busy two-core machine a second
-    thread made it several times slower (measured).
-    """
-    model = model.cpu().eval()
-    totals, preprocess_times, forward_times = [], [], []
-    with torch_threads(threads), torch.inference_mode():
-        for run in range(warmup + repeats):
-            started = time.perf_counter()
-            x = preprocess(image, mean, std)
-            prepared = time.perf_counter()
-            model(x)
-            finished = time.perf_counter()
-            if run >= warmup:
-                totals.append(finished - started)
-                preprocess_times.append(prepared - started)
-                forward_times.append(finished - prepared)
-    milliseconds = 1000 * np.asarray(totals)
-    return {
-        "median_ms": float(np.median(milliseconds)),
-        "p90_ms": float(np.percentile(milliseconds, 90)),
-        "preprocess_ms": 1000 * statistics.median(preprocess_times),
-        "forward_ms": 1000 * statistics.median(forward_times),
-        "repeats": repeats,
-        "threads": torch.get_num_threads() if threads is None else threads,
-    }
-
-
-def batch_throughput(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, repeats: int = 3, threads: int | None = None
-) -> dict:
-    """Images per second for the forward pass over normalised ``images`` (N, 1, 28, 28) in batches.
-
-    The best of ``repeats`` passes (after one warm-up batch), all threads by default.
-    """
-    model = model.cpu().eval()
-    batches = list(images.split(batch_size))
-    with torch_threads(threads), torch.inference_mode():
-        model(batches[0])
-        seconds = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            for batch in batches:
-                model(batch)
-            seconds.append(time.perf_counter() - started)
-    best = min(seconds)
-    return {"images_per_s": len(images) / best, "batch_size": batch_size, "images": len(images), "seconds": best}
 
 
 # --- Which checkpoint to use -------------------------------------------------------------------
@@ -248,11 +185,11 @@ def recorded_accuracy(info: dict) -> tuple[str, float] | None:
     return None
 
 
-def best_checkpoint(folder: str | os.PathLike | None = None) -> Path:
+def best_checkpoint(folder: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Path:
     """The checkpoint in ``folder`` (default ``models_dir()``) with the highest recorded accuracy.
 
-    Test accuracy where recorded, else validation accuracy. Unreadable files are skipped; raises
-    :class:`CheckpointError` when none is usable.
+    Test accuracy where recorded, else validation accuracy. Unreadable files are skipped, and
+    ``log`` is told which and why; raises :class:`CheckpointError` when none is usable.
     """
     from .checkpoints import read_checkpoint
     from .config import models_dir
@@ -262,7 +199,9 @@ def best_checkpoint(folder: str | os.PathLike | None = None) -> Path:
     for path in sorted(folder.glob("*.pt")):
         try:
             recorded = recorded_accuracy(read_checkpoint(path))
-        except DigitlibError:
+        except DigitlibError as error:
+            if log:
+                log(f"skipped {path}: {error}")
             continue
         if recorded is not None:
             scored.append((recorded[1], path))

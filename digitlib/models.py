@@ -1,6 +1,8 @@
-"""The two seed networks. Both end in log-softmax, so one NLL loss trains either."""
+"""The course's two networks. Both end in log-softmax, so one NLL loss trains either."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,8 @@ from torch import nn
 
 
 class DigitCNN(nn.Module):
-    """32c5-pool-64c5-pool-fc1024-dropout-fc10: the first seed's network, layer for layer."""
+    """32c5-pool-64c5-pool-fc1024-dropout-fc10: the classic small MNIST CNN (two 5x5 convolution +
+    max-pool stages, a 1,024-unit hidden layer with dropout, ten outputs)."""
 
     def __init__(self, dropout: float = 0.5):
         super().__init__()
@@ -46,7 +49,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
-        self.shortcut = nn.Identity()
+        self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
@@ -60,13 +63,20 @@ class BasicBlock(nn.Module):
 
 
 class DigitResNet(nn.Module):
-    """The second seed's "improved ResNet18" for 28x28 digits.
+    """A ResNet-18-style network shrunk for 28x28 digits.
 
     Stem 32 (3x3 conv, BN, ReLU, max-pool) → stages of two blocks at 32, 64 and 128 channels
     (stride 2 into the last two) → global average pooling → dropout → linear 128→10.
+    ``block`` builds each block from (in_channels, out_channels, stride): pass your own class to
+    experiment (notebook 03's exercises); checkpoints record only the default block's models.
     """
 
-    def __init__(self, widths: tuple[int, int, int] = (32, 64, 128), dropout: float = 0.5):
+    def __init__(
+        self,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        dropout: float = 0.5,
+        block: Callable[..., nn.Module] = BasicBlock,
+    ):
         super().__init__()
         self.config = {"widths": list(widths), "dropout": dropout}  # saved in checkpoints
         self.stem = nn.Sequential(
@@ -78,7 +88,7 @@ class DigitResNet(nn.Module):
         stages, in_channels = [], widths[0]
         for index, width in enumerate(widths):
             stride = 1 if index == 0 else 2  # 14 → 7 → 4
-            stages.append(nn.Sequential(BasicBlock(in_channels, width, stride), BasicBlock(width, width)))
+            stages.append(nn.Sequential(block(in_channels, width, stride), block(width, width)))
             in_channels = width
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(

@@ -267,10 +267,12 @@ def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> 
     figure, axes = plt.subplots(nrows, ncols, figsize=(1.45 * ncols, 1.75 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, row in zip(axes.flat, rows.itertuples()):
+    # A grid has nrows * ncols cells, usually more than mistakes: the spare cells stay blank.
+    for ax, row in zip(axes.flat, rows.itertuples(), strict=False):
         ax.imshow(images[row.index], cmap="gray_r")
         ax.set_title(
-            f"{row.true} → {row.predicted}\n{row.predicted}: {row.probability:.0%}  {row.second}: {row.second_probability:.0%}",
+            f"{row.true} → {row.predicted}\n"
+            f"{row.predicted}: {row.probability:.0%}  {row.second}: {row.second_probability:.0%}",
             fontsize=8, color="firebrick",
         )
     return figure
@@ -288,7 +290,8 @@ def model_diagram(model, ax: plt.Axes | None = None, input_size=(1, 1, 28, 28)) 
 
     summary = torchinfo.summary(model, input_size=input_size, depth=10, verbose=0, device="cpu")
     units = _diagram_units(summary.summary_list)
-    boxes = [("input", "x".join(map(str, input_size[1:])), "", None)]
+    # (label, output shape, parameter count, module); the input row has no module.
+    boxes: list[tuple[str, str, str, nn.Module | None]] = [("input", "x".join(map(str, input_size[1:])), "", None)]
     boxes += [(_layer_label(layer.module), "x".join(map(str, layer.output_size[1:])),
                f"{layer.num_params:,} params" if layer.num_params else "", layer.module) for layer in units]
     if ax is None:
@@ -307,8 +310,9 @@ def model_diagram(model, ax: plt.Axes | None = None, input_size=(1, 1, 28, 28)) 
         if position:
             ax.annotate("", xy=(2.1, y + height / 2), xytext=(2.1, y + step - height / 2),
                         arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8})
-        if isinstance(getattr(module, "shortcut", None), nn.Module):
-            projection = not isinstance(module.shortcut, nn.Identity)
+        shortcut = getattr(module, "shortcut", None)
+        if isinstance(shortcut, nn.Module):
+            projection = not isinstance(shortcut, nn.Identity)
             ax.add_patch(FancyArrowPatch((4.2, y + step - height / 2 + 0.05), (4.2, y), connectionstyle="arc3,rad=-0.9",
                                          arrowstyle="->", mutation_scale=8, color="#2b8cbe", lw=0.9))
             ax.text(3.55, y + 0.5 * step, "1x1 conv skip" if projection else "skip", fontsize=6.5, color="#2b8cbe",

@@ -9,9 +9,10 @@ The predict CLI and the drawing pad both go through ``preprocess``: one code pat
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
+from typing import IO
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,25 +30,79 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file (PNG, JPEG, BMP, GIF, ...), refusing missing, unreadable or huge files.
 
     A photo's EXIF orientation is applied, so a phone picture comes out the way it was taken;
-    an animated GIF gives its first frame.
+    an animated GIF gives its first frame. The size is read from the header and checked before
+    anything is decoded.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
     try:
-        with Image.open(path) as image:
+        file = open(path, "rb")
+    except OSError as error:
+        from .checkpoints import unreadable_file_message
+
+        raise ImageError(unreadable_file_message(path, "image", error)) from None
+    with file:
+        try:
+            with warnings.catch_warnings():
+                # PIL warns between its limit and twice it: the check below refuses those itself.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(file)
+        except Image.DecompressionBombError:
+            raise ImageError(_too_large(path, _header_size(file))) from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image PIL can read; use PNG, JPEG, BMP or GIF") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+        with image:
             width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(
-                    f"{path}: {width}x{height} pixels is too large (limit {MAX_PIXELS:,}); crop it to the digit"
-                )
-            image.seek(0)  # first frame of an animated GIF
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path}: not an image PIL can read ({type(error).__name__}); use PNG, JPEG, BMP or GIF") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+            if width * height > _pixel_limit():
+                raise ImageError(_too_large(path, (width, height)))
+            try:
+                image.seek(0)  # first frame of an animated GIF
+                image.load()
+                return ImageOps.exif_transpose(image)
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ImageError(f"{path}: the image is damaged or truncated ({error})") from None
+
+
+def _pixel_limit() -> int:
+    """Our limit, or PIL's refusal threshold if someone lowered it below ours."""
+    if Image.MAX_IMAGE_PIXELS is None:
+        return MAX_PIXELS
+    return min(MAX_PIXELS, 2 * Image.MAX_IMAGE_PIXELS)
+
+
+def _too_large(path: Path, size: tuple[int, int] | None) -> str:
+    limit = _pixel_limit()
+    if size is None:
+        return f"{path}: the image is too large (over {limit:,} pixels); crop it to the digit"
+    width, height = size
+    return f"{path}: {width}x{height} pixels is too large (limit {limit:,}); crop it to the digit"
+
+
+def _header_size(file: IO[bytes]) -> tuple[int, int] | None:
+    """The size in the header of an image PIL refused to open as too large, or None if unknown.
+
+    ``Image.open`` finds the size, then raises DecompressionBombError without telling it. This
+    finds the plugin the way ``Image.open`` does and asks it, which reads the header only; a
+    plugin that checks sizes itself (GIF) still refuses, and then the size stays unknown.
+    """
+    Image.init()
+    file.seek(0)
+    prefix = file.read(16)
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        accepted = accept(prefix) if accept else True
+        if not accepted or isinstance(accepted, str):  # a string is a "maybe" that Image.open skips too
+            continue
+        file.seek(0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                header = factory(file, "")
+        except Exception:  # this plugin does not read the file, or refuses it: try the next one
+            continue
+        return header.size
+    return None
 
 
 def as_image(image: Image.Image | np.ndarray) -> Image.Image:
@@ -132,6 +187,8 @@ def fit_box(crop: np.ndarray, box: int = BOX) -> np.ndarray:
     Shrinking uses an area filter (each output pixel averages the input pixels it covers),
     which anti-aliases like MNIST; growing a tiny image uses bilinear interpolation.
     """
+    import cv2  # about 40 ms, only for pictures (and predict needs it for every one)
+
     height, width = crop.shape
     scale = box / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))  # cv2 wants (w, h)

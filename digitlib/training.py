@@ -1,18 +1,25 @@
 """One training loop for notebooks and CLI: AdamW + OneCycleLR, NLL loss, clipping, optional AMP.
 
 ``fit`` returns a history (per-epoch lists) and keeps the model with the best validation
-accuracy; with ``checkpoint=`` it saves that model after every improving epoch, plus the state
-needed to resume, so Ctrl-C loses at most the epoch in progress.
+accuracy; with ``checkpoint=`` it saves that model after every epoch, plus the state needed to
+resume, so Ctrl-C (or SIGTERM, in the CLI) loses at most the epoch in progress. A resumed run
+continues exactly as the uninterrupted one would have: the checkpoint holds the optimizer,
+scheduler and random-number states, and the loaders draw each epoch from (seed, epoch).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypedDict
 
 import numpy as np
 import torch
@@ -23,11 +30,27 @@ from tqdm.auto import tqdm
 from .checkpoints import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, DigitlibError
 
-#: Settings of the README's full runs, per architecture: the CLI's defaults and the notebooks' full
-#: mode. For the CNN a one-cycle peak of 0.003 beat 0.01 (99.50 % against 99.36 % test accuracy).
-FULL_RUNS = {"cnn": {"epochs": 15, "max_lr": 3e-3}, "resnet": {"epochs": 25, "max_lr": 1e-2}}
-
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+class History(TypedDict):
+    """What ``fit`` returns: one entry per epoch in each list."""
+
+    epoch: list[int]
+    train_loss: list[float]
+    train_accuracy: list[float]
+    val_loss: list[float]
+    val_accuracy: list[float]
+    lr: list[float]  # the learning rate at the start of the epoch
+    seconds: list[float]  # training plus validation wall time
+
+
+class TrainingError(DigitlibError):
+    """Training cannot go on: bad settings, or the loss stopped being a number."""
+
+
+def empty_history() -> History:
+    return History(epoch=[], train_loss=[], train_accuracy=[], val_loss=[], val_accuracy=[], lr=[], seconds=[])
 
 
 def seed_everything(seed: int) -> None:
@@ -55,16 +78,29 @@ def pick_device(preferred: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
+
+    Without those instructions oneDNN emulates bf16, and autocast made the CNN's training step 25x
+    slower on an AVX2 AMD EPYC (48 against 1,180 images/s); with them it roughly doubles it.
+    Other systems than Linux report False: measure there with ``bench --amp``.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def amp_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device``, or None for full fp32.
 
-    ``amp=None`` means: on for CUDA, off elsewhere. A CPU without bf16 instructions emulates
-    bf16 and only gets slower under autocast; one with them (AVX-512 BF16, AMX) may gain, so
-    there it is worth measuring (notebook 03, ``python -m digitlib bench --amp``).
-    CUDA uses bf16 where the GPU supports it, else fp16 (which needs a GradScaler).
+    ``amp=None`` means: on for CUDA, on for CPUs with bf16 hardware (:func:`cpu_has_bf16`), off
+    elsewhere. CUDA uses bf16 where the GPU supports it, else fp16 (which needs a GradScaler).
     """
     if amp is None:
-        amp = device.type == "cuda"
+        amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
     if not amp:
         return None
     if device.type == "cuda":
@@ -148,7 +184,7 @@ def test_step(
     return total_loss.item() / seen, correct.item() / seen
 
 
-test_step.__test__ = False  # a library function: pytest must not collect it where a test imports it
+test_step.__test__ = False  # type: ignore[attr-defined]  # a library function: pytest must not collect it where a test imports it
 
 
 def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3, max_lr=1e-2, weight_decay=1e-2):
@@ -176,6 +212,13 @@ def learning_rates(epochs: int, steps_per_epoch: int, lr: float = 1e-3, max_lr: 
     return rates
 
 
+#: Settings that must match for ``resume=True``: a run continued with others is a different run.
+RESUME_SETTINGS = ("epochs", "batch_size", "lr", "max_lr", "weight_decay", "clip_norm", "amp")
+#: Checkpoint fields that fit writes itself; everything else in a checkpoint is the caller's metadata.
+_OWN_FIELDS = {"format", "arch", "arch_class", "arch_kwargs", "state_dict", "versions", "date", "history", "training",
+               "epochs_completed", "best_epoch", "metrics", "resume"}
+
+
 def fit(
     model: nn.Module,
     train_loader,
@@ -192,32 +235,37 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
-) -> dict[str, list]:
+) -> History:
     """Train ``model`` for ``epochs`` and return its history, one list entry per epoch.
 
-    The model ends with the weights of its best validation epoch. ``checkpoint`` is saved
-    after each epoch that improves validation accuracy (with ``metadata``, e.g. the
-    normalisation constants) and carries a ``resume`` state until training completes;
-    ``resume=True`` continues from it.
+    The model ends with the weights of its best validation epoch. ``checkpoint`` is saved after
+    every epoch (the best weights, with ``metadata`` such as the normalisation constants) and
+    carries a ``resume`` state until training completes; ``resume=True`` continues from it, with
+    the same settings and metadata. A loader with a ``set_epoch(epoch)`` method is told each epoch
+    so that it can draw its shuffling and augmentation from (seed, epoch).
     """
+    _check_settings(epochs, lr, max_lr, weight_decay, clip_norm)
     device = pick_device(device)
     dtype = amp_dtype(device, amp)
     model.to(device).to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, len(train_loader), epochs, lr, max_lr, weight_decay)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
-    best_accuracy, best_state, start_epoch = -1.0, None, 0
+    history, best_accuracy, best_state, start_epoch = empty_history(), -1.0, None, 0
     settings = {
         "epochs": epochs, "lr": lr, "max_lr": max_lr, "weight_decay": weight_decay, "clip_norm": clip_norm,
-        "batch_size": train_loader.batch_size, "amp": str(dtype).removeprefix("torch.") if dtype else "off",
+        "batch_size": getattr(train_loader, "batch_size", None), "amp": str(dtype).removeprefix("torch.") if dtype else "off",
         "device": str(device),
     }
+    metadata = dict(metadata or {})
 
     if resume:
-        start_epoch, history, best_state = _restore(checkpoint, model, optimizer, scheduler, scaler, epochs)
+        saved = _restore(checkpoint, model, optimizer, scheduler, scaler, settings, metadata)
+        start_epoch, history, best_state, metadata = saved
         best_accuracy = max(history["val_accuracy"])
         if log and start_epoch < epochs:
             log(f"resuming {checkpoint} after epoch {start_epoch}/{epochs}")
+    elif checkpoint is not None:
+        check_writable(checkpoint)
 
     def save(final: bool) -> None:
         if checkpoint is None:
@@ -228,37 +276,51 @@ def fit(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler else None,
+            "rng": _rng_states(),
         }
         best_epoch = int(np.argmax(history["val_accuracy"]))
-        save_checkpoint(
-            checkpoint, model, state_dict=best_state, **(metadata or {}), history=history, training=settings,
-            epochs_completed=len(history["epoch"]), best_epoch=best_epoch + 1,
-            metrics={"val_loss": history["val_loss"][best_epoch], "val_accuracy": history["val_accuracy"][best_epoch]},
-            resume=resume_state,
-        )
+        with _finish_before_interrupting(), _clear_write_errors(checkpoint):
+            save_checkpoint(
+                checkpoint, model, state_dict=best_state, **metadata, history=history, training=settings,
+                epochs_completed=len(history["epoch"]), best_epoch=best_epoch + 1,
+                metrics={"val_loss": history["val_loss"][best_epoch],
+                         "val_accuracy": history["val_accuracy"][best_epoch]},
+                resume=resume_state,
+            )
 
     epoch = start_epoch - 1
     for epoch in range(start_epoch, epochs):
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
         started = time.perf_counter()
         current_lr = scheduler.get_last_lr()[0]
         train_loss, train_accuracy = train_step(
             model, train_loader, optimizer, scheduler, device, dtype, scaler, clip_norm, progress
         )
+        if not math.isfinite(train_loss):
+            raise TrainingError(
+                f"the training loss became {train_loss} in epoch {epoch + 1}: the learning rate is too high for "
+                f"this model (peak {max_lr:g}); lower it"
+                + (f" ({checkpoint} keeps the best epoch so far)" if checkpoint is not None and best_state else "")
+            )
         val_loss, val_accuracy = test_step(model, val_loader, device, dtype)
         seconds = time.perf_counter() - started
-        for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, current_lr, seconds)):
-            history[key].append(value)
+        for key, value in zip(
+            HISTORY_KEYS, (epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, current_lr, seconds),
+            strict=True,
+        ):
+            history[key].append(value)  # type: ignore[literal-required]
         improved = val_accuracy > best_accuracy
         if improved:
             best_accuracy = val_accuracy
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if log:
+        if checkpoint is not None and epoch + 1 < epochs:
+            save(final=False)  # every epoch: the resume state moves on even when the best does not
+        if log:  # after the save: an epoch that has been reported is never lost
             log(
                 f"epoch {epoch + 1:>3}/{epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
                 f"val loss {val_loss:.4f} acc {val_accuracy:.2%}  {seconds:5.1f}s{'  *' if improved else ''}"
             )
-        if checkpoint is not None and epoch + 1 < epochs:
-            save(final=False)  # every epoch: the resume state moves on even when the best does not
 
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -267,16 +329,123 @@ def fit(
     return history
 
 
-def _restore(checkpoint, model, optimizer, scheduler, scaler, epochs):
+def _check_settings(epochs: int, lr: float, max_lr: float, weight_decay: float, clip_norm: float | None) -> None:
+    """Refuse settings that would train a NaN model, before any work is done."""
+    if not (isinstance(epochs, int) and epochs > 0):
+        raise TrainingError(f"epochs must be a positive whole number, not {epochs!r}")
+    positive = {"lr": lr, "max_lr": max_lr, **({"clip_norm": clip_norm} if clip_norm is not None else {})}
+    for name, value in positive.items():
+        if not (math.isfinite(value) and value > 0):
+            raise TrainingError(f"{name} must be a finite positive number, not {value}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise TrainingError(f"weight_decay must be a finite number of 0 or more, not {weight_decay}")
+    if max_lr < lr:
+        raise TrainingError(
+            f"max_lr ({max_lr:g}) is below lr ({lr:g}): the one-cycle schedule warms up from lr to max_lr"
+        )
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Make sure a checkpoint can be written at ``path`` before hours are spent training for it.
+
+    Creates the folder, then writes and removes a probe file in it. Raises CheckpointError with the
+    reason: the path is a folder, a parent is a file, the folder is read-only, or the disk is full.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a file name for the checkpoint, e.g. {path / 'model.pt'}")
+    with _clear_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = path.parent / f".{path.name}.probe"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    return path
+
+
+@contextlib.contextmanager
+def _clear_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError while writing ``path`` into one CheckpointError line that names the cause."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            reason = "the disk is full; free some space"
+        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            reason = "permission denied; choose a writable folder"
+        elif error.errno in (errno.ENOTDIR, errno.EEXIST):
+            reason = "a part of the path is a file, not a folder; choose another path"
+        else:
+            reason = f"{error.strerror or error}; choose another path"
+        raise CheckpointError(f"cannot write the checkpoint {path}: {reason}") from None
+
+
+@contextlib.contextmanager
+def _finish_before_interrupting() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block is done, then raise KeyboardInterrupt.
+
+    A checkpoint write that is cut short leaves nothing behind; one that is allowed to finish
+    keeps the epoch just trained. Signal handlers can only be set in the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _rng_states() -> dict:
+    """The global random states a training epoch draws from (dropout, and anything the loader uses)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _restore(checkpoint, model, optimizer, scheduler, scaler, settings: dict, metadata: dict):
+    """Load the resume state into the objects; return (next epoch, history, best weights, metadata)."""
     if checkpoint is None:
         raise CheckpointError("resume=True needs the checkpoint to resume from: pass checkpoint=PATH.")
     payload = read_checkpoint(checkpoint, map_location=next(model.parameters()).device)
     state = payload.get("resume")
-    planned = payload.get("training", {}).get("epochs")
     if not state:
-        raise CheckpointError(f"{checkpoint} finished training ({payload.get('epochs_completed')} epochs): nothing to resume.")
-    if planned != epochs:
-        raise CheckpointError(f"{checkpoint} was started for {planned} epochs; resume it with epochs={planned}.")
+        raise CheckpointError(
+            f"{checkpoint} finished training ({payload.get('epochs_completed')} epochs): nothing to resume."
+        )
+    saved_settings = payload.get("training", {})
+    for key in RESUME_SETTINGS:
+        before, now = _shown(saved_settings.get(key)), _shown(settings[key])
+        if saved_settings.get(key) != settings[key]:
+            raise CheckpointError(
+                f"{checkpoint} was started with {key}={before}, this run asks for {key}={now}: "
+                f"resume it with {key}={before}, or train into a new checkpoint"
+            )
+    saved_metadata = {key: value for key, value in payload.items() if key not in _OWN_FIELDS}
+    # The seed and the data come first: a different normalisation is only their consequence.
+    for key in sorted(metadata, key=lambda key: (key not in ("seed", "data"), key)):
+        value = metadata[key]
+        if key in saved_metadata and saved_metadata[key] != value:
+            raise CheckpointError(
+                f"{checkpoint} was started with {key}={saved_metadata[key]}, this run has {key}={value}: resume it "
+                "with the same data and seed, or train into a new checkpoint"
+            )
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -285,7 +454,9 @@ def _restore(checkpoint, model, optimizer, scheduler, scaler, epochs):
             scaler.load_state_dict(state["scaler"])
     except (RuntimeError, KeyError, ValueError) as error:
         raise CheckpointError(f"{checkpoint} does not fit this model or optimizer: {error}".splitlines()[0]) from None
-    return state["epoch"], payload["history"], payload["state_dict"]
+    if state.get("rng"):
+        _set_rng_states(state["rng"])
+    return state["epoch"], payload["history"], payload["state_dict"], {**saved_metadata, **metadata}
 
 
 def load_or_train(
@@ -296,26 +467,34 @@ def load_or_train(
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = print,
 ):
-    """(model in eval mode, checkpoint info) from ``path`` (default ``models_dir()/<arch>.pt``).
+    """(model in eval mode, checkpoint info) for notebooks 03-05 and the drawing pad.
 
-    When there is no checkpoint yet, train a small one (``train_limit`` images, ``epochs``,
-    no augmentation: a minute on a CPU), save it there, and say so through ``log``.
+    Loads ``path``, by default the fully trained ``models_dir()/<arch>.pt``. When no path is
+    given and that file does not exist, uses a small stand-in instead, kept apart in
+    ``models_dir()/standin/<arch>.pt`` so it is never taken for the full model: trained once
+    (``train_limit`` images, ``epochs``, no augmentation: about a minute on a CPU) and then
+    reused. ``info["standin"]`` is True for it, and ``log`` says so.
     """
     from .checkpoints import load_checkpoint
     from .config import models_dir
-    from .data import load_splits, make_loaders
+    from .data import load_splits
+    from .loaders import make_loaders
     from .models import build_model
 
-    path = Path(path) if path is not None else models_dir() / f"{arch}.pt"
-    if not path.exists():
-        if log:
-            log(f"no checkpoint at {path}: training a small {arch} ({train_limit:,} images, {epochs} epochs) instead")
+    full = models_dir() / f"{arch}.pt"
+    if path is not None or full.exists():
+        return load_checkpoint(path if path is not None else full, device=pick_device(device), arch=arch)
+    standin = models_dir() / "standin" / f"{arch}.pt"
+    if log:
+        log(f"no fully trained {arch} at {full}: using a small stand-in ({train_limit:,} images, {epochs} epochs), "
+            f"{'trained just now' if not standin.exists() else 'trained earlier'} at {standin}")
+    if not standin.exists():
         seed_everything(0)
         splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000)
-        train_loader, val_loader, _ = make_loaders(splits, batch_size=64, augment=False, num_workers=0)
+        train_loader, val_loader, _ = make_loaders(splits, batch_size=64, augment="none", device=pick_device(device))
         fit(
-            build_model(arch), train_loader, val_loader, epochs, device=device, checkpoint=path,
-            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0},
+            build_model(arch), train_loader, val_loader, epochs, device=device, checkpoint=standin,
+            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0, "standin": True},
             progress=False, log=None,
         )
-    return load_checkpoint(path, device=pick_device(device), arch=arch)
+    return load_checkpoint(standin, device=pick_device(device), arch=arch)

@@ -21,7 +21,7 @@ def trained_checkpoints(tmp_path_factory):
     paths = {}
     for arch in ("cnn", "resnet"):
         dl.training.seed_everything(0)
-        train_loader, val_loader, _ = dl.data.make_loaders(splits, batch_size=64, augment=False, num_workers=0)
+        train_loader, val_loader, _ = dl.loaders.make_loaders(splits, batch_size=64, augment="none")
         model = dl.models.build_model(arch)
         paths[arch] = folder / f"{arch}.pt"
         dl.training.fit(

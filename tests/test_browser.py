@@ -27,9 +27,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "05_drawing_pad.ipynb"
-CHROMIUM = next((path for path in ("/usr/bin/chromium", shutil.which("chromium")) if path and os.access(path, os.X_OK)), None)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM = next(
+    (path for path in ("/usr/bin/chromium", shutil.which("chromium")) if path and os.access(path, os.X_OK)), None
+)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 PAGE_TIMEOUT_MS = 120_000  # the kernel runs the whole notebook before the page shows the pad
 SERVER_TIMEOUT_S = 60
 
@@ -155,7 +157,9 @@ def test_drawing_a_one_in_voila_shows_ink_and_reads_it(voila_url, tmp_path):
     stroke_rows = slice(round(0.2 * drawn.height), round(0.8 * drawn.height))
     along_stroke = ink[stroke_rows, middle - half_band : middle + half_band]
     # The pen over 60 % of a 280px pad inks about PEN_WIDTH x 168 px; anti-aliasing eats a little.
-    assert along_stroke.sum() > 0.7 * PEN_WIDTH * 168 * scale**2, f"only {along_stroke.sum()} dark pixels along the stroke"
+    assert along_stroke.sum() > 0.7 * PEN_WIDTH * 168 * scale**2, (
+        f"only {along_stroke.sum()} dark pixels along the stroke"
+    )
     assert along_stroke.any(axis=1).all(), "the stroke has gaps"
     outside = ink.copy()
     outside[:, middle - half_band : middle + half_band] = False

@@ -15,10 +15,10 @@ from digitlib.cli import main
 
 TRAIN_FLAGS = [
     "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
-    "--device", "--workers", "--no-augment", "--limit", "--out", "--resume",
+    "--device", "--augment", "--workers", "--limit", "--out", "--force", "--resume",
 ]
-BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--batch-sizes", "--workers", "--threads", "--batches", "--target",
-                "--target-epochs", "--target-augment"]
+BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--models", "--augment", "--batch-sizes", "--workers", "--threads",
+               "--batches", "--target", "--target-epochs"]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:
@@ -51,7 +51,7 @@ def test_help_explains_every_flag(capsys, command, flags):
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--epochs", "0"], "argument --epochs: '0' is not a positive whole number"),
     (["train", "--batch-size", "many"], "argument --batch-size: 'many' is not a positive whole number"),
-    (["train", "--lr", "-1"], "argument --lr: '-1' is not a positive number"),
+    (["train", "--lr", "-1"], "argument --lr: '-1' is not a finite positive number"),
     (["train", "--workers", "-2"], "argument --workers: '-2' is not a whole number of 0 or more"),
     (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
@@ -68,14 +68,16 @@ def test_bad_flags_get_argparse_errors(capsys, argv, message):
 
 def test_tiny_training_run(tmp_path, capsys):
     out_path = tmp_path / "x.pt"
-    argv = ["train", "--model", "cnn", "--epochs", "2", "--batch-size", "32", "--no-augment", "--limit", "600"]
+    argv = ["train", "--model", "cnn", "--epochs", "2", "--batch-size", "32", "--augment", "none", "--limit", "600"]
     status, out, err = run([*argv, "--out", str(out_path)], capsys)
     assert status == 0, err
     lines = out.splitlines()
     device = dl.training.pick_device()
     assert lines[0] == f"cnn: 3,274,634 parameters, 480 training / 120 validation images, device {device}"
     for epoch, line in enumerate(lines[1:3], start=1):
-        assert re.fullmatch(rf"epoch +{epoch}/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+% +[\d.]+s( +\*)?", line)
+        assert re.fullmatch(
+            rf"epoch +{epoch}/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+% +[\d.]+s( +\*)?", line
+        )
     printed = re.search(r"^test accuracy ([\d.]+)% \(loss [\d.]+, 1,000 images\), .* saved (.+)$", out, re.MULTILINE)
     assert printed and printed.group(2) == str(out_path)
 
@@ -104,27 +106,50 @@ def test_unavailable_device_is_one_line(capsys, tmp_path):
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
-    def interrupted(*args, **kwargs):
+    def interrupted(*args, checkpoint, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dl.training, "fit", interrupted)
     status, _, err = run(["train", "--limit", "600", "--out", str(tmp_path / "x.pt")], capsys)
+    assert status == 130 and "no epoch had finished, so nothing was saved" in err
+
+    def interrupted_after_saving(*args, checkpoint, **kwargs):
+        checkpoint.write_bytes(b"as if an epoch had been saved")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl.training, "fit", interrupted_after_saving)
+    status, _, err = run(["train", "--limit", "600", "--out", str(tmp_path / "y.pt")], capsys)
     assert status == 130
     assert "keeps the best epoch so far" in err and "--resume" in err
 
 
-def test_bench_prints_a_row_per_model(capsys, monkeypatch):
+def test_bench_prints_a_row_per_model_and_pipeline(capsys, monkeypatch):
     monkeypatch.setenv("DIGITLIB_SMOKE", "1")
     status, out, err = run(
-        ["bench", "--batches", "3", "--target-epochs", "0", "--batch-sizes", "16", "--workers", "0", "--threads", "1"],
+        ["bench", "--batches", "3", "--target-epochs", "0", "--batch-sizes", "16", "--threads", "1",
+         "--augment", "device", "albumentations"],
         capsys,
     )
     assert status == 0, err
     header, *rows = out.splitlines()
-    assert header.split() == ["model", "device", "amp", "batch", "workers", "threads", "images/s", "s/epoch"]
-    assert [row.split()[0] for row in rows] == ["cnn", "resnet"]
+    assert header.split() == ["model", "device", "amp", "augment", "batch", "workers", "threads", "data", "s",
+                              "fwd+bwd", "s", "optim", "s", "images/s", "s/epoch"]
+    assert [row.split()[:4:3] for row in rows] == [["cnn", "device"], ["cnn", "albumentations"],
+                                                   ["resnet", "device"], ["resnet", "albumentations"]]
     for row in rows:
-        _, device, amp, batch, workers, threads, images_per_s, epoch_s = row.split()
-        assert (device, batch, workers, threads) == (str(dl.training.pick_device()), "16", "0", "1")
-        assert amp == ("off" if device == "cpu" else amp)  # AMP is off by default on a CPU
+        _, device, amp, _, batch, _, threads, data_s, compute_s, optim_s, images_per_s, epoch_s = row.split()
+        assert (device, batch, threads) == (str(dl.training.pick_device()), "16", "1")
+        if device == "cpu":  # AMP is on by default only on CPUs with bf16 hardware
+            assert amp == ("bfloat16" if dl.training.cpu_has_bf16() else "off")
+        assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) > 0
         assert float(images_per_s) > 0 and float(epoch_s) > 0
+
+
+def test_bench_time_to_accuracy(capsys, monkeypatch):
+    monkeypatch.setenv("DIGITLIB_SMOKE", "1")
+    status, out, err = run(["bench", "--models", "cnn", "--batches", "2", "--target", "0.5", "--target-epochs", "2"],
+                           capsys)
+    assert status == 0, err
+    accuracies = re.search(r"^cnn test accuracy after each epoch: (.*)$", out, re.MULTILINE).group(1).split()
+    assert len(accuracies) == 2
+    assert re.search(r"^cnn reached 50.0% test accuracy after [\d.]+s of training", out, re.MULTILINE)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import pathlib
 import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -72,8 +79,9 @@ def test_truncated_archive_is_reported_by_name(tmp_path):
 
 def test_truncated_unzipped_file_is_extracted_again_from_its_archive(tmp_path):
     raw = copy_archives(tmp_path)
+    for name in UNZIPPED:   # all four, or torchvision would unzip every archive again anyway
+        shutil.copyfile(PROJECT_RAW / name, raw / name)
     unzipped = raw / "t10k-labels-idx1-ubyte"
-    shutil.copyfile(PROJECT_RAW / unzipped.name, unzipped)
     truncate(unzipped, 100)
 
     images, labels = dl.data.load_mnist(train=False, root=tmp_path)
@@ -93,7 +101,7 @@ def test_truncated_unzipped_file_without_archive_is_reported_by_name(tmp_path):
     assert "make data" in str(error.value)
 
 
-def test_missing_files_that_cannot_be_downloaded_say_where_and_what_to_do(tmp_path, monkeypatch):
+def test_missing_files_that_cannot_be_downloaded_say_where_and_what_to_do(tmp_path, monkeypatch, no_proxy):
     # Port 9 (discard) is closed on localhost: the download fails at once and nothing leaves the machine.
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     with pytest.raises(dl.DataError) as error:
@@ -104,6 +112,318 @@ def test_missing_files_that_cannot_be_downloaded_say_where_and_what_to_do(tmp_pa
         assert name in message
     assert "make data" in message
     assert "\n" not in message   # one line, not torchvision's multi-line report
+
+
+def test_mnist_files_match_torchvision():
+    # MNIST_FILES is written out so that importing digitlib.data does not import torchvision.
+    assert dl.data.MNIST_FILES == dict(torchvision.datasets.MNIST.resources)
+
+
+def test_every_network_failure_is_reported_with_its_reason(tmp_path, monkeypatch, no_proxy):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(dl.DataError, match="could not be downloaded") as error:
+        dl.data.load_mnist(train=True, root=tmp_path)
+    assert "Connection refused" in str(error.value) and "train-images-idx3-ubyte.gz" in str(error.value)
+
+
+# --- a download that never answers ----------------------------------------------------------
+
+
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """Local test servers are reached directly, even where a proxy is configured."""
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def silent_mirror(monkeypatch, no_proxy):
+    """torchvision's MNIST mirrors pointed at a local server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    connections, stop = [], threading.Event()
+
+    def accept_and_say_nothing():
+        while not stop.is_set():
+            try:
+                connections.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    thread.start()
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [f"http://127.0.0.1:{listener.getsockname()[1]}/"])
+    yield connections
+    stop.set()
+    thread.join()
+    for connection in connections:
+        connection.close()
+    listener.close()
+
+
+def call_with_deadline(function, seconds):
+    """(exception raised or None, elapsed seconds); fails instead of hanging the suite when ``function`` hangs."""
+    outcome = {}
+
+    def target():
+        try:
+            function()
+        except BaseException as error:   # handed to the test, which checks its type
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s: the download has no timeout"
+    return outcome.get("error"), time.monotonic() - start
+
+
+@pytest.mark.parametrize("how", ["environment", "argument"])
+def test_a_download_that_never_answers_times_out_with_a_clear_message(tmp_path, monkeypatch, silent_mirror, how):
+    if how == "environment":
+        monkeypatch.setenv("DIGITLIB_DOWNLOAD_TIMEOUT", "1")
+        call = lambda: dl.data.load_mnist(train=True, root=tmp_path)   # noqa: E731
+    else:
+        monkeypatch.delenv("DIGITLIB_DOWNLOAD_TIMEOUT", raising=False)
+        call = lambda: dl.data.prepare(root=tmp_path, timeout_s=1)   # noqa: E731
+    previous_default = socket.getdefaulttimeout()
+    # A 1 s timeout returns in about 1 s; 20 s leaves room for a loaded machine. Without a timeout
+    # the call never returns, and the deadline turns that into a failure instead of a stuck suite.
+    error, elapsed = call_with_deadline(call, 20)
+    assert isinstance(error, dl.DataError), repr(error)
+    assert elapsed < 20
+    assert silent_mirror, "the download never reached the silent server, so nothing was tested"
+    message = str(error)
+    assert "could not be downloaded (no answer within 1 s" in message and "make data" in message
+    assert "\n" not in message
+    assert socket.getdefaulttimeout() == previous_default   # the process-wide default is restored
+
+
+def test_download_timeout_defaults_and_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("DIGITLIB_DOWNLOAD_TIMEOUT", raising=False)
+    assert dl.data.download_timeout() == dl.data.DOWNLOAD_TIMEOUT_S
+    monkeypatch.setenv("DIGITLIB_DOWNLOAD_TIMEOUT", " 2.5 ")
+    assert dl.data.download_timeout() == 2.5
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
+def test_download_timeout_rejects_what_is_not_a_positive_number(monkeypatch, value):
+    monkeypatch.setenv("DIGITLIB_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(dl.DataError, match="DIGITLIB_DOWNLOAD_TIMEOUT=.* is not a positive number of seconds"):
+        dl.data.download_timeout()
+
+
+# --- headers and labels of the unzipped files -----------------------------------------------
+
+
+def put_u32(path, offset, value):
+    """Overwrite one big-endian 32-bit field of an IDX header."""
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 4] = value.to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def put_label(path, position, value):
+    data = bytearray(path.read_bytes())
+    data[8 + position] = value
+    path.write_bytes(bytes(data))
+
+
+# (file, damage, what the message must say). Sizes stay right, so only the new checks can catch these.
+BAD_FILES = {
+    "image magic": ("t10k-images-idx3-ubyte", lambda p: put_u32(p, 0, 2049),
+                    "is not an MNIST images file (magic number 2049, expected 2051)"),
+    "label magic": ("t10k-labels-idx1-ubyte", lambda p: put_u32(p, 0, 2051),
+                    "is not an MNIST labels file (magic number 2051, expected 2049)"),
+    "image shape": ("t10k-images-idx3-ubyte", lambda p: put_u32(p, 12, 27),
+                    "has images of shape 10,000 x 28 x 27 in its header, expected 10,000 x 28 x 28"),
+    "label count": ("t10k-labels-idx1-ubyte", lambda p: put_u32(p, 4, 9_999),
+                    "has labels of shape 9,999 in its header, expected 10,000"),
+    "label 200": ("t10k-labels-idx1-ubyte", lambda p: put_label(p, 17, 200),
+                  "holds label 200 at position 17 (1 label outside 0..9)"),
+    "label 10, last": ("train-labels-idx1-ubyte", lambda p: put_label(p, 59_999, 10),
+                       "holds label 10 at position 59,999"),
+}
+
+
+def test_the_project_files_have_no_problem():
+    for name in UNZIPPED:
+        assert dl.data.idx_problem(PROJECT_RAW / name) is None, name
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_unzipped_file_without_archive_is_named_with_what_is_wrong(tmp_path, case):
+    name, damage, expected = BAD_FILES[case]
+    raw = dl.data.raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for each in UNZIPPED:
+        shutil.copyfile(PROJECT_RAW / each, raw / each)
+    damage(raw / name)
+    assert (raw / name).stat().st_size == (PROJECT_RAW / name).stat().st_size
+    with pytest.raises(dl.DataError) as error:
+        dl.data.load_mnist(train=name.startswith("train"), root=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"{raw / name} ") and expected in message
+    assert message.endswith("Delete it and run `make data`.") and "\n" not in message
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_a_bad_unzipped_file_with_a_good_archive_is_extracted_again(tmp_path, case):
+    name, damage, _ = BAD_FILES[case]
+    raw = copy_archives(tmp_path)
+    for each in UNZIPPED:   # all four, or torchvision would unzip every archive again anyway
+        shutil.copyfile(PROJECT_RAW / each, raw / each)
+    damage(raw / name)
+    images, labels = dl.data.load_mnist(train=name.startswith("train"), root=tmp_path)
+    assert (raw / name).read_bytes() == (PROJECT_RAW / name).read_bytes()
+    assert len(images) == len(labels) and labels.max().item() <= 9
+
+
+def test_a_folder_in_place_of_a_file_is_named(tmp_path):
+    raw = copy_archives(tmp_path)
+    (raw / "t10k-labels-idx1-ubyte").mkdir()
+    with pytest.raises(dl.DataError, match="t10k-labels-idx1-ubyte is not a file: remove it"):
+        dl.data.load_mnist(train=False, root=tmp_path)
+
+
+# --- folders that cannot be written or read -------------------------------------------------
+
+
+def test_a_read_only_folder_with_a_short_file_says_so(tmp_path):
+    raw = copy_archives(tmp_path)
+    shutil.copyfile(PROJECT_RAW / "t10k-labels-idx1-ubyte", raw / "t10k-labels-idx1-ubyte")
+    truncate(raw / "t10k-labels-idx1-ubyte", 100)
+    raw.chmod(0o555)
+    try:
+        if os.access(raw, os.W_OK):
+            pytest.skip("this user (root?) can write to a read-only folder; the monkeypatched test below covers it")
+        with pytest.raises(dl.DataError) as error:
+            dl.data.load_mnist(train=False, root=tmp_path)
+    finally:
+        raw.chmod(0o755)
+    assert str(error.value).startswith(f"cannot write to {raw} (Permission denied")
+    assert "set DIGITLIB_DATA to a writable folder" in str(error.value)
+
+
+def test_a_short_file_that_cannot_be_removed_says_the_folder_is_not_writable(tmp_path, monkeypatch):
+    raw = copy_archives(tmp_path)
+    short = raw / "t10k-labels-idx1-ubyte"
+    shutil.copyfile(PROJECT_RAW / short.name, short)
+    truncate(short, 100)
+
+    def refuse(path, missing_ok=False):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)   # what a read-only folder does, even for root
+    with pytest.raises(dl.DataError) as error:
+        dl.data.load_mnist(train=False, root=tmp_path)
+    message = str(error.value)
+    assert message.startswith(f"cannot write to {raw} (Permission denied: {short})")
+    assert "could not be downloaded" not in message and "\n" not in message
+    assert short.stat().st_size == 100   # nothing else was touched
+
+
+@pytest.mark.parametrize("error, advice", [
+    (PermissionError(errno.EACCES, "Permission denied"), "make it writable or set DIGITLIB_DATA to a writable folder"),
+    (OSError(errno.EROFS, "Read-only file system"), "make it writable or set DIGITLIB_DATA to a writable folder"),
+    (OSError(errno.ENOSPC, "No space left on device"), "free some space or set DIGITLIB_DATA to another disk"),
+])
+def test_a_folder_that_cannot_take_the_download_is_not_called_a_network_failure(tmp_path, monkeypatch, error, advice):
+    def download(self):
+        error.filename = os.path.join(self.raw_folder, "train-images-idx3-ubyte.gz")
+        raise error
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", download)
+    with pytest.raises(dl.DataError) as caught:
+        dl.data.load_mnist(train=True, root=tmp_path)
+    message = str(caught.value)
+    raw = dl.data.raw_dir(tmp_path)
+    assert message.startswith(f"cannot write to {raw} ({error.strerror}: {raw / 'train-images-idx3-ubyte.gz'})")
+    assert advice in message and "could not be downloaded" not in message
+
+
+def test_copying_into_a_folder_that_cannot_be_written_says_so(tmp_path, monkeypatch):
+    def refuse(source, target, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+
+    monkeypatch.setattr(shutil, "copyfile", refuse)
+    with pytest.raises(dl.DataError, match="cannot write to .* make it writable"):
+        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
+
+
+def test_an_unreadable_source_is_not_called_an_unwritable_target(tmp_path, monkeypatch):
+    def refuse(source, target, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(source))
+
+    monkeypatch.setattr(shutil, "copyfile", refuse)
+    with pytest.raises(dl.DataError, match=r"^cannot read .*train-images-idx3-ubyte.gz \(Permission denied\)"):
+        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
+
+
+def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeypatch):
+    def fill_the_disk(source, target, **kwargs):
+        pathlib.Path(target).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(shutil, "copyfile", fill_the_disk)
+    with pytest.raises(dl.DataError, match=r"^cannot write to .*No space left on device.*free some space"):
+        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
+    assert list(dl.data.raw_dir(tmp_path).iterdir()) == []
+
+
+def test_any_other_file_system_failure_is_one_line_too(tmp_path, monkeypatch):
+    def fail(self):
+        raise OSError(errno.EIO, "Input/output error", os.path.join(self.raw_folder, "t10k-images-idx3-ubyte"))
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", fail)
+    with pytest.raises(dl.DataError, match=r"^cannot read or write .*\(Input/output error: .*\): check the disk"):
+        dl.data.load_mnist(train=False, root=tmp_path)
+
+
+def test_an_unreadable_file_says_so(tmp_path, monkeypatch):
+    raw = copy_archives(tmp_path)
+    shutil.copyfile(PROJECT_RAW / "t10k-images-idx3-ubyte", raw / "t10k-images-idx3-ubyte")
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(dl.data, "idx_problem", refuse)   # chmod 000 does not stop root
+    with pytest.raises(dl.DataError, match=r"^cannot read .*t10k-images-idx3-ubyte \(Permission denied\): make it"):
+        dl.data.load_mnist(train=False, root=tmp_path)
+
+
+# --- light imports and the documented size ---------------------------------------------------
+
+HEAVY_MODULES = ("albumentations", "cv2", "sklearn", "torchvision")
+
+
+def run_python(code):
+    environment = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()
+
+
+def test_importing_digitlib_data_loads_no_heavy_package():
+    # digitlib/__init__ loads submodules lazily, so this measures digitlib.data's own imports.
+    code = f"import sys, digitlib.data; print([m for m in {HEAVY_MODULES!r} if m in sys.modules])"
+    assert run_python(code) == ["[]"]
+
+
+def test_augmentation_switches_off_albumentations_update_check_before_importing_it():
+    code = (
+        "import os, sys, digitlib.augment\n"
+        "digitlib.augment.train_augmentation(seed=0)\n"
+        "print('albumentations' in sys.modules, os.environ.get('NO_ALBUMENTATIONS_UPDATE'))"
+    )
+    assert run_python(code) == ["True 1"]
+
+
+def test_the_docstring_states_the_real_size_of_the_images():
+    sizes = [dl.data.load_mnist(train=train)[0] for train in (True, False)]
+    megabytes = sum(images.nelement() * images.element_size() for images in sizes) / 1e6
+    assert f"({round(megabytes)} MB for all {sum(len(images) for images in sizes):,}" in dl.data.__doc__
 
 
 # --- the split and normalisation ------------------------------------------------------------
@@ -151,79 +471,6 @@ def test_compute_normalization_matches_mnist_constants():
     assert splits.mean == pytest.approx(0.1307, abs=0.002)
     assert splits.std == pytest.approx(0.3081, abs=0.002)
     assert dl.data.compute_normalization(torch.full((2, 28, 28), 255, dtype=torch.uint8)) == (1.0, 0.0)
-
-
-# --- augmentation -----------------------------------------------------------------------------
-
-
-def _transform_names(compose):
-    names = []
-    for transform in compose.transforms:
-        names.append(type(transform).__name__)
-        if hasattr(transform, "transforms"):
-            names.extend(_transform_names(transform))
-    return names
-
-
-def test_train_augmentation_keeps_shape_dtype_and_is_seeded(small_splits):
-    image = small_splits.train_images[0].numpy()
-    first = dl.data.train_augmentation(seed=0)
-    second = dl.data.train_augmentation(seed=0)
-    outputs = [first(image=image)["image"] for _ in range(20)]
-    for output in outputs:
-        assert output.shape == (28, 28) and output.dtype == np.uint8
-        assert 0 <= output.min() and output.max() <= 255 and output.max() > 0   # the digit survives
-    assert np.array_equal(outputs[0], second(image=image)["image"])
-    changed = sum(not np.array_equal(output, image) for output in outputs)
-    assert changed >= 15, f"only {changed} of 20 draws changed the image"
-
-
-def test_train_augmentation_never_turns_or_flips_a_digit():
-    names = _transform_names(dl.data.train_augmentation(seed=0))
-    assert "Affine" in names
-    forbidden = {"RandomRotate90", "Transpose", "HorizontalFlip", "VerticalFlip", "D4", "SquareSymmetry"}
-    assert not forbidden & set(names), names
-    affine = dl.data.train_augmentation(seed=0).transforms[0]
-    assert max(abs(angle) for angle in affine.rotate) <= 15
-
-
-# --- datasets and loaders ---------------------------------------------------------------------
-
-
-def test_make_loaders_batches_and_normalisation(small_splits):
-    splits = small_splits
-    train_loader, val_loader, test_loader = dl.data.make_loaders(splits, batch_size=32, num_workers=0)
-    x, y = next(iter(train_loader))
-    assert x.shape == (32, 1, 28, 28) and x.dtype == torch.float32
-    assert y.shape == (32,) and y.dtype == torch.int64
-    assert len(train_loader) == len(splits.train_labels) // 32   # drop_last
-
-    for loader, images, labels in ((val_loader, splits.val_images, splits.val_labels),
-                                   (test_loader, splits.test_images, splits.test_labels)):
-        x, y = next(iter(loader))
-        assert x.shape == (len(labels), 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
-        torch.testing.assert_close(x, dl.data.normalize(images, splits.mean, splits.std))
-        assert torch.equal(y, labels)
-
-
-def test_unaugmented_training_loader_equals_normalize(small_splits):
-    splits = small_splits
-    train_loader, _, _ = dl.data.make_loaders(splits, batch_size=100, augment=False, num_workers=0)
-    dataset = train_loader.dataset
-    assert dataset.transform is None and len(dataset) == len(splits.train_labels)
-    x = torch.stack([dataset[i][0] for i in range(5)])
-    torch.testing.assert_close(x, dl.data.normalize(splits.train_images[:5], splits.mean, splits.std))
-
-
-def test_digit_dataset_rejects_mismatched_lengths(small_splits):
-    with pytest.raises(ValueError, match="5 images but 4 labels"):
-        dl.data.DigitDataset(small_splits.train_images[:5], small_splits.train_labels[:4], 0.1, 0.3)
-
-
-@pytest.mark.parametrize("cores, workers", [(1, 0), (2, 0), (None, 0), (8, 4), (16, 4)])
-def test_default_workers(monkeypatch, cores, workers):
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    assert dl.data.default_workers() == workers
 
 
 # --- configuration ----------------------------------------------------------------------------

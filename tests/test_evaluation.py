@@ -20,7 +20,8 @@ def test_outputs(trained_checkpoints, small_splits):
     for arch, path in trained_checkpoints.items():
         model, info = load_checkpoint(path)
         loader = evaluation.make_test_loader(
-            small_splits.test_images, small_splits.test_labels, info["normalization"]["mean"], info["normalization"]["std"]
+            small_splits.test_images, small_splits.test_labels,
+            info["normalization"]["mean"], info["normalization"]["std"],
         )
         outputs[arch] = evaluation.predict_proba(model, loader, "cpu")
     return outputs
@@ -141,7 +142,9 @@ def test_evaluate_model_matches_the_separate_functions(trained_checkpoints, smal
     metrics = evaluation.evaluate_model(model, loader, "cpu", top=3)
     probabilities, labels = test_outputs["cnn"]
     assert metrics["correct"] == evaluation.classification_metrics(probabilities, labels)["correct"]
-    np.testing.assert_array_equal(metrics["confusion_matrix"], evaluation.confusion_matrix(labels, probabilities.argmax(1)))
+    np.testing.assert_array_equal(
+        metrics["confusion_matrix"], evaluation.confusion_matrix(labels, probabilities.argmax(1))
+    )
     assert metrics["most_confused"] == evaluation.most_confused(metrics["confusion_matrix"], 3)
 
 
@@ -159,40 +162,6 @@ def test_as_drawing_is_dark_ink_on_white(small_splits):
     drawing = evaluation.as_drawing(small_splits.test_images[0], side=140)
     assert drawing.mode == "RGB" and drawing.size == (140, 140)
     assert np.asarray(drawing)[0, 0].tolist() == [255, 255, 255]
-
-
-def test_single_image_latency(cnn, small_splits):
-    model, mean, std = cnn
-    threads = torch.get_num_threads()
-    latency = evaluation.single_image_latency(
-        model, evaluation.as_drawing(small_splits.test_images[0]), mean, std, repeats=30, warmup=5
-    )
-    print(f"one 280x280 drawing: {latency['median_ms']:.2f} ms median "
-          f"(preprocess {latency['preprocess_ms']:.2f} + forward {latency['forward_ms']:.2f}), p90 {latency['p90_ms']:.2f}")
-    assert latency["repeats"] == 30 and latency["threads"] == 1
-    assert 0 < latency["median_ms"] <= latency["p90_ms"]
-    assert latency["preprocess_ms"] > 0 and latency["forward_ms"] > 0
-    assert latency["median_ms"] < 50  # the README's 5 ms is for a quiet machine; this one is shared
-    assert torch.get_num_threads() == threads  # timing with one thread does not leave it set
-
-
-def test_torch_threads_restores_the_setting():
-    original = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with evaluation.torch_threads(1):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(original)
-
-
-def test_batch_throughput(cnn, small_splits):
-    model, mean, std = cnn
-    images = small_splits.test_images[:200].float().div(255).sub(mean).div(std).unsqueeze(1)
-    result = evaluation.batch_throughput(model, images, batch_size=100, repeats=1)
-    assert result["images"] == 200 and result["batch_size"] == 100
-    assert result["images_per_s"] == pytest.approx(200 / result["seconds"]) and result["images_per_s"] > 0
 
 
 def test_recorded_accuracy_prefers_test_to_validation():

@@ -1,0 +1,70 @@
+"""Timing: where an epoch's time goes, time to accuracy, and inference latency and throughput."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from digitlib import bench, evaluation
+from digitlib.checkpoints import load_checkpoint, normalization
+
+
+@pytest.fixture(scope="module")
+def cnn(trained_checkpoints):
+    model, info = load_checkpoint(trained_checkpoints["cnn"])
+    mean, std = normalization(info, trained_checkpoints["cnn"])
+    return model, mean, std
+
+
+@pytest.mark.parametrize("augment", ["device", "albumentations", "none"])
+def test_epoch_breakdown_times_each_part(small_splits, augment):
+    timing = bench.epoch_breakdown("cnn", small_splits, batch_size=32, augment=augment, batches=4, device="cpu",
+                                   threads=1)
+    assert (timing.model, timing.pipeline, timing.batches, timing.threads) == ("cnn", augment, 4, 1)
+    assert timing.data_s > 0 and timing.forward_backward_s > 0 and timing.optimizer_s > 0
+    assert timing.total_s == pytest.approx(timing.data_s + timing.forward_backward_s + timing.optimizer_s)
+    assert timing.epoch_s == pytest.approx(len(small_splits.train_labels) / timing.images_per_s)
+
+
+def test_time_to_accuracy_reports_each_epoch(small_splits):
+    result = bench.time_to_accuracy(small_splits, target=0.5, epochs=2, batch_size=64, device="cpu")
+    assert len(result.test_accuracy_per_epoch) == len(result.seconds_per_epoch) == 2
+    first = next(i for i, a in enumerate(result.test_accuracy_per_epoch) if a >= 0.5)  # 2,400 images: > 90 %
+    assert result.seconds_to_target == pytest.approx(sum(result.seconds_per_epoch[: first + 1]))
+    unreachable = bench.time_to_accuracy(small_splits, target=1.0, epochs=1, batch_size=64, device="cpu")
+    assert unreachable.seconds_to_target is None
+
+
+def test_single_image_latency(cnn, small_splits):
+    model, mean, std = cnn
+    threads = torch.get_num_threads()
+    latency = bench.single_image_latency(
+        model, evaluation.as_drawing(small_splits.test_images[0]), mean, std, repeats=30, warmup=5
+    )
+    print(f"one 280x280 drawing: {latency['median_ms']:.2f} ms median "
+          f"(preprocess {latency['preprocess_ms']:.2f} + forward {latency['forward_ms']:.2f}), "
+          f"p90 {latency['p90_ms']:.2f}")
+    assert latency["repeats"] == 30 and latency["threads"] == 1
+    assert 0 < latency["median_ms"] <= latency["p90_ms"]
+    assert latency["preprocess_ms"] > 0 and latency["forward_ms"] > 0
+    assert latency["median_ms"] < 50  # the README's 5 ms is for a quiet machine; this one is shared
+    assert torch.get_num_threads() == threads  # timing with one thread does not leave it set
+
+
+def test_torch_threads_restores_the_setting():
+    original = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with bench.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)
+
+
+def test_batch_throughput(cnn, small_splits):
+    model, mean, std = cnn
+    images = small_splits.test_images[:200].float().div(255).sub(mean).div(std).unsqueeze(1)
+    result = bench.batch_throughput(model, images, batch_size=100, repeats=1)
+    assert result["images"] == 200 and result["batch_size"] == 100
+    assert result["images_per_s"] == pytest.approx(200 / result["seconds"]) and result["images_per_s"] > 0
