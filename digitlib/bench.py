@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import FULL_RUNS
 from .data import MnistSplits
+from .errors import DataError
 from .loaders import make_loaders
 from .models import build_model
 from .preprocess import preprocess
@@ -83,7 +84,7 @@ def epoch_breakdown(
     num_workers: int | None = None,
     channels_last: bool = True,
 ) -> EpochTiming:
-    """Train ``arch`` for ``batches`` steps (default: one epoch) after 3 warm-up steps, timing each part.
+    """Train ``arch`` for ``batches`` steps (default: one epoch) after up to 3 warm-up steps, timing each part.
 
     On CUDA every part ends with a synchronisation, so each is charged its own GPU time; that costs a
     little speed, which is why ``fit``'s own epochs (no synchronisation) are the figures to quote.
@@ -97,14 +98,15 @@ def epoch_breakdown(
             model = model.to(memory_format=torch.channels_last)
         train_loader, _, _ = make_loaders(splits, batch_size, augment=augment, device=device, num_workers=num_workers)
         optimizer, scheduler = make_optimizer(model, len(train_loader), 1, max_lr=FULL_RUNS[arch].max_lr)
-        steps = len(train_loader) if batches is None else min(batches, len(train_loader) - 3)
+        warmup = min(3, len(train_loader) - 1)  # the first steps pay for allocations and kernel choices
+        steps = len(train_loader) - warmup if batches is None else min(batches, len(train_loader) - warmup)
         if steps < 1:
-            raise ValueError(f"{len(train_loader)} batches of {batch_size} are too few to time: use more images")
+            raise DataError(f"{len(train_loader)} batch of {batch_size} images is too few to time: use more images")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         parts = [0.0, 0.0, 0.0]
         model.train()
         iterator = iter(train_loader)
-        for step in range(3 + steps):
+        for step in range(warmup + steps):
             started = time.perf_counter()
             x, y = next(iterator)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -124,7 +126,7 @@ def epoch_breakdown(
             scheduler.step()
             sync()
             finished = time.perf_counter()
-            if step >= 3:  # the first steps pay for allocations and kernel choices
+            if step >= warmup:
                 for index, seconds in enumerate((loaded - started, computed - loaded, finished - computed)):
                     parts[index] += seconds
         return EpochTiming(

@@ -253,8 +253,8 @@ def fit(
     history, best_accuracy, best_state, start_epoch = empty_history(), -1.0, None, 0
     settings = {
         "epochs": epochs, "lr": lr, "max_lr": max_lr, "weight_decay": weight_decay, "clip_norm": clip_norm,
-        "batch_size": getattr(train_loader, "batch_size", None), "amp": str(dtype).removeprefix("torch.") if dtype else "off",
-        "device": str(device),
+        "batch_size": getattr(train_loader, "batch_size", None),
+        "amp": str(dtype).removeprefix("torch.") if dtype else "off", "device": str(device),
     }
     metadata = dict(metadata or {})
 

@@ -9,21 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from cli_run import run
 from PIL import Image
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint
-from digitlib.cli import main
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of ``python -m digitlib *argv``, run in this process."""
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def _white_on_black(digit: np.ndarray, side: int) -> Image.Image:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import run
 
 import digitlib as dl
 from digitlib.checkpoints import read_checkpoint
@@ -21,15 +22,6 @@ from digitlib.cli import main
 
 # A two-epoch CNN on 600 images (480 train / 120 validation): a few seconds.
 TINY = ["train", "--model", "cnn", "--epochs", "2", "--batch-size", "32", "--limit", "600"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        status = main([str(arg) for arg in argv])
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def one_line_error(status: int, err: str, *fragments: str) -> bool:

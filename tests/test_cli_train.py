@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from cli_run import run
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint
-from digitlib.cli import main
 
 TRAIN_FLAGS = [
     "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
@@ -19,16 +19,6 @@ TRAIN_FLAGS = [
 ]
 BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--models", "--augment", "--batch-sizes", "--workers", "--threads",
                "--batches", "--target", "--target-epochs"]
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    """Exit status, stdout and stderr of ``python -m digitlib *argv``, run in this process."""
-    try:
-        status = main(argv)
-    except SystemExit as exit_:
-        status = exit_.code
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_module_help_lists_the_commands():
