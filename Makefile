@@ -3,13 +3,16 @@
 #   make test    set up, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
 #   make course  set up, then execute every notebook in full mode into build/
 #   make app     set up, then serve the drawing pad (notebook 05) as a web page with Voila
+#   make models  set up, then train both models with the full-run settings (SEEDS=5 for an ensemble)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: setup data lint lab test course app clean
+.PHONY: setup data lint lab test course app models clean
+
+SEEDS ?= 1
 
 # Re-installs whenever pyproject.toml changes; pip keeps what is already satisfied.
 $(INSTALLED): pyproject.toml
@@ -40,6 +43,9 @@ course: setup
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
 		--output-dir build/notebooks notebooks/*.ipynb
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
+
+models: setup
+	$(BIN)/python -m digitlib models --seeds $(SEEDS)
 
 app: setup
 	$(BIN)/voila notebooks/05_drawing_pad.ipynb

@@ -188,6 +188,57 @@ def _print_now(line: str) -> None:
     print(line, flush=True)
 
 
+def _add_models_command(commands) -> None:
+    parser = commands.add_parser(
+        "models", help="train the course's model set: both architectures over several seeds",
+        description="Train every architecture for each seed with the full-run settings: seed 0 into "
+        "models/<model>.pt (what notebooks 03-05, predict and the drawing pad load), further seeds into "
+        "models/seeds/<model>-seed<N>.pt (an ensemble for evaluate and predict). Finished checkpoints are "
+        "skipped and interrupted ones resumed, so the command can be run again until it completes.",
+    )
+    parser.add_argument("--models", choices=("cnn", "resnet"), nargs="+", default=["cnn", "resnet"],
+                        help="architectures (default: %(default)s)")
+    parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per architecture (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="override the full runs' epochs (quick trials; default: the full runs')")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="train on this many of the 60,000 images (quick trials; default: all)")
+    parser.set_defaults(handler=_models)
+
+
+def model_set_paths(archs, seeds: int):
+    """{(arch, seed): checkpoint path} of the model set that `models` trains."""
+    return {(arch, seed): models_dir() / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
+            for arch in archs for seed in range(seeds)}
+
+
+def _models(args) -> int:
+    from .checkpoints import read_checkpoint
+    from .errors import CheckpointError
+
+    parser = build_parser()
+    for (arch, seed), out in model_set_paths(args.models, args.seeds).items():
+        resume = False
+        if out.exists():
+            try:
+                resume = bool(read_checkpoint(out).get("resume"))
+            except CheckpointError as error:
+                raise CheckpointError(f"{error} (move it away, and run `models` again to retrain it)") from None
+            if not resume:
+                print(f"{out}: already trained, skipped", flush=True)
+                continue
+        argv = ["train", "--model", arch, "--seed", str(seed), "--device", args.device, "--out", str(out)]
+        argv += ["--epochs", str(args.epochs)] if args.epochs else []
+        argv += ["--limit", str(args.limit)] if args.limit else []
+        argv += ["--resume"] if resume else []
+        print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if resume else ""), flush=True)
+        status = _train(parser.parse_args(argv))
+        if status != 0:
+            return status
+    return 0
+
+
 def _add_bench_command(commands) -> None:
     parser = commands.add_parser(
         "bench", help="measure where training time goes, and the CNN's time to 99.2 %% test accuracy",
@@ -247,13 +298,16 @@ def _bench(args) -> int:
 
 def _add_evaluate_command(commands) -> None:
     parser = commands.add_parser(
-        "evaluate", help="measure a checkpoint on the test set: accuracy, loss, errors, latency",
+        "evaluate", help="measure checkpoints (and their ensemble) on the test set: accuracy, errors, latency",
         description="Print a checkpoint's test accuracy and loss, per-class accuracy and most-confused "
         "pairs on the official test set, then the CPU latency of preprocessing plus the forward pass "
-        "for one image and the batch throughput.",
+        "for one image and the batch throughput. Given several checkpoints, print each member, their "
+        "ensemble (mean of probabilities, and majority vote) and the test images the ensemble still "
+        "gets wrong, instead of the timings.",
     )
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
+    parser.add_argument("--model", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                        help="one or more checkpoints (default: the best one in models/, or models/smoke/ in "
+                        "smoke mode)")
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="use only the first N test images (default: all 10,000; 1,000 in smoke mode)")
     parser.add_argument("--top", type=_positive_int, default=5,
@@ -266,24 +320,42 @@ def _add_evaluate_command(commands) -> None:
 
 
 def _evaluate(args) -> int:
-    import torch
-
-    from . import bench, data, evaluation
+    from . import data, evaluation
     from .checkpoints import load_checkpoint, normalization
-    from .models import count_parameters
     from .training import pick_device
 
-    path = args.model or evaluation.best_checkpoint(log=_warn)
+    paths = args.model or [evaluation.best_checkpoint(log=_warn)]
     device = pick_device(args.device)
-    model, info = load_checkpoint(path, device)
-    mean, std = normalization(info, path)
     limit = args.limit or (1000 if smoke_test() else None)
     images, labels = data.load_mnist(train=False)
     images, labels = images[:limit], labels[:limit]
-    metrics = evaluation.evaluate_model(model, evaluation.make_test_loader(images, labels, mean, std), device, args.top)
+    members = []
+    for path in paths:
+        model, info = load_checkpoint(path, device)
+        mean, std = normalization(info, path)
+        loader = evaluation.make_test_loader(images, labels, mean, std)
+        members.append((path, model, info, (mean, std), evaluation.predict_proba(model, loader, device)[0]))
+    if len(members) == 1:
+        path, model, info, (mean, std), probabilities = members[0]
+        _print_model_report(path, model, info, evaluation.classification_metrics(probabilities, labels),
+                            probabilities, labels, args.top)
+        _print_timings(model, images, mean, std, args.repeats)
+    else:
+        _print_ensemble_report(members, labels, args.top)
+    return 0
 
+
+def _print_model_report(path, model, info, metrics, probabilities, labels, top: int) -> None:
+    from . import evaluation
+    from .models import count_parameters
+
+    matrix = evaluation.confusion_matrix(labels, probabilities.argmax(dim=1))
     print(f"{path}: {info['arch']}, {count_parameters(model):,} parameters, "
           f"{info.get('epochs_completed', '?')} epochs (best {info.get('best_epoch', '?')})")
+    _print_metrics(metrics, evaluation.most_confused(matrix, top))
+
+
+def _print_metrics(metrics: dict, confused: list) -> None:
     print(f"test images  {metrics['n']:,}")
     print(f"accuracy     {metrics['accuracy']:.2%}  ({metrics['correct']:,} correct)")
     print(f"loss         {metrics['loss']:.4f}")
@@ -291,24 +363,56 @@ def _evaluate(args) -> int:
     print("  digit " + "".join(f"{digit:>8}" for digit in range(10)))
     print("  acc   " + "".join(f"{accuracy:>8.2%}" for accuracy in metrics["per_class_accuracy"]))
     print("most-confused pairs (true -> predicted: count)")
-    for true, predicted, count in metrics["most_confused"]:
+    for true, predicted, count in confused:
         print(f"  {true} -> {predicted}: {count}")
-    if not metrics["most_confused"]:
+    if not confused:
         print("  none: every image is right")
 
-    repeats = 20 if args.repeats is None and smoke_test() else 200 if args.repeats is None else args.repeats
-    if repeats:
-        model = model.cpu()
-        drawing = evaluation.as_drawing(images[0])
-        latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
-        print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
-              f"{drawing.width}x{drawing.height} drawing: preprocessing {latency['preprocess_ms']:.2f} ms + forward "
-              f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
-        batches = data.normalize(images, mean, std)
-        throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
-        print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
-              f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
-    return 0
+
+def _print_timings(model, images, mean: float, std: float, repeats: int | None) -> None:
+    import torch
+
+    from . import bench, data, evaluation
+
+    repeats = 20 if repeats is None and smoke_test() else 200 if repeats is None else repeats
+    if not repeats:
+        return
+    model = model.cpu()
+    drawing = evaluation.as_drawing(images[0])
+    latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
+    print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
+          f"{drawing.width}x{drawing.height} drawing: preprocessing {latency['preprocess_ms']:.2f} ms + forward "
+          f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
+    batches = data.normalize(images, mean, std)
+    throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
+    print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
+          f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
+
+
+def _print_ensemble_report(members: list, labels, top: int) -> None:
+    from . import evaluation
+
+    width = max(len(str(path)) for path, *_ in members)
+    print(f"{'member':<{width}}  {'model':<7}{'accuracy':>9}{'errors':>8}{'loss':>9}")
+    for path, _, info, _, probabilities in members:
+        metrics = evaluation.classification_metrics(probabilities, labels)
+        errors = metrics["n"] - metrics["correct"]
+        print(f"{str(path):<{width}}  {info['arch']:<7}{metrics['accuracy']:>9.2%}{errors:>8,}{metrics['loss']:>9.4f}")
+    average = evaluation.average_probabilities(*(member[-1] for member in members))
+    votes = evaluation.majority_vote(*(member[-1] for member in members))
+    vote_correct = int((votes == labels).sum())
+    metrics = evaluation.classification_metrics(average, labels)
+    print(f"{'ensemble: mean of probabilities':<{width}}  {'':<7}{metrics['accuracy']:>9.2%}"
+          f"{metrics['n'] - metrics['correct']:>8,}{metrics['loss']:>9.4f}")
+    print(f"{'ensemble: majority vote':<{width}}  {'':<7}{vote_correct / len(labels):>9.2%}"
+          f"{len(labels) - vote_correct:>8,}")
+    print(f"\nthe mean of probabilities, on {metrics['n']:,} test images:")
+    matrix = evaluation.confusion_matrix(labels, average.argmax(dim=1))
+    _print_metrics(metrics, evaluation.most_confused(matrix, top))
+    mistakes = evaluation.misclassified(average, labels)
+    print(f"test images it still gets wrong ({len(mistakes)}): index, true label -> prediction (probability)")
+    for row in mistakes.itertuples():
+        print(f"  {row.index:>5}  {row.true} -> {row.predicted} ({row.probability:.0%})")
 
 
 def _add_predict_command(commands) -> None:
@@ -321,8 +425,9 @@ def _add_predict_command(commands) -> None:
         "stderr; the others are still predicted), 2 when the model cannot be loaded.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="checkpoint (default: the best one in models/, or models/smoke/ in smoke mode)")
+    parser.add_argument("--model", type=Path, action="append", default=None, metavar="CHECKPOINT",
+                        help="checkpoint; repeat it (--model a.pt --model b.pt) for an ensemble, the mean of their "
+                        "probabilities (default: the best one in models/, or models/smoke/ in smoke mode)")
     parser.add_argument("--top", type=_top_k, default=1,
                         help="list the K most likely digits, 1 to 10 (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -339,21 +444,25 @@ def _predict(args) -> int:
     from .errors import ImageError
     from .preprocess import load_image
 
-    path = args.model or evaluation.best_checkpoint(log=_warn)
-    model, info = load_checkpoint(path, "cpu")
-    mean, std = normalization(info, path)
+    paths = args.model or [evaluation.best_checkpoint(log=_warn)]
+    members, described = [], []
+    for path in paths:
+        model, info = load_checkpoint(path, "cpu")
+        members.append((model, *normalization(info, path)))
+        recorded = evaluation.recorded_accuracy(info)
+        accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
+        described.append(f"{path} ({info['arch']}{accuracy})")
     torch.set_num_threads(1)  # one small image at a time: a second thread only adds overhead
     results, failed = [], 0
     if not args.json:
-        recorded = evaluation.recorded_accuracy(info)
-        accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
-        print(f"model {path} ({info['arch']}{accuracy})")
+        print(f"model {described[0]}" if len(members) == 1 else
+              f"ensemble of {len(members)}, mean of probabilities: {', '.join(described)}")
         width = max(len(str(image)) for image in args.images)
         top_column = f"  top {args.top}" if args.top > 1 else ""
         print(f"{'image':<{width}}  digit  probability{top_column}", flush=True)
     for image_path in args.images:
         try:
-            top = evaluation.predict_image(model, load_image(image_path), mean, std, args.top)
+            top = evaluation.predict_image_ensemble(members, load_image(image_path), args.top)
         except ImageError as error:
             message = str(error)
             print(f"error: {message if message.startswith(str(image_path)) else f'{image_path}: {message}'}",
@@ -402,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"digitlib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
-        _add_data_command, _add_train_command, _add_bench_command, _add_evaluate_command, _add_predict_command,
+        _add_data_command, _add_train_command, _add_models_command, _add_bench_command, _add_evaluate_command,
+        _add_predict_command,
     ):
         add(commands)
     return parser

@@ -8,16 +8,18 @@ model is run once however many views of its errors we take.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
 from .errors import CheckpointError, DigitlibError
-from .preprocess import preprocess
+from .preprocess import SIZE, to_mnist
 from .training import _to_device, pick_device
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
@@ -137,6 +139,17 @@ def average_probabilities(*probabilities) -> torch.Tensor:
     return torch.stack([torch.as_tensor(p) for p in probabilities]).mean(dim=0)
 
 
+def majority_vote(*probabilities) -> torch.Tensor:
+    """Each image's most voted class among several models' predictions (N,).
+
+    Every model votes for its most likely class; a tie goes to the tied class with the highest mean
+    probability (adding half the mean probability, at most 0.5, can break ties but never outvote).
+    """
+    stacked = torch.stack([torch.as_tensor(p) for p in probabilities])  # (models, N, classes)
+    votes = F.one_hot(stacked.argmax(dim=2), stacked.shape[2]).sum(dim=0).float()
+    return (votes + stacked.mean(dim=0) / 2).argmax(dim=1)
+
+
 def evaluate_model(model: nn.Module, loader, device: str | torch.device | None = None, top: int = 5) -> dict:
     """Everything ``python -m digitlib evaluate`` prints, from one pass over ``loader``.
 
@@ -159,7 +172,19 @@ def predict_image(model: nn.Module, image, mean: float, std: float, top: int = 3
     ``image`` is anything :func:`digitlib.preprocess.preprocess` takes (a PIL image or an array);
     ``mean``/``std`` are the checkpoint's training normalisation. The model must be on the CPU.
     """
-    probabilities = model(preprocess(image, mean, std))[0].exp()
+    return predict_image_ensemble([(model, mean, std)], image, top)
+
+
+@torch.inference_mode()
+def predict_image_ensemble(
+    members: Sequence[tuple[nn.Module, float, float]], image, top: int = 3
+) -> list[tuple[int, float]]:
+    """Like :func:`predict_image` for several (model, mean, std): the mean of their probabilities.
+
+    The picture is made MNIST-like once; each member normalises it with its own constants.
+    """
+    digit = torch.from_numpy(to_mnist(image)).reshape(1, 1, SIZE, SIZE)
+    probabilities = torch.stack([model((digit - mean) / std)[0].exp() for model, mean, std in members]).mean(0)
     values, digits = probabilities.topk(min(top, len(probabilities)))
     return [(int(d), float(v)) for d, v in zip(digits, values, strict=True)]
 

@@ -3,7 +3,9 @@ Figure for a grid of images, so notebooks and tests can assert on it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -88,16 +90,32 @@ def class_balance(labels_by_split: dict, ax: plt.Axes | None = None) -> plt.Axes
     sns.barplot(x=digits, y=shares, hue=splits, ax=ax)
     ax.axhline(100 / 10, color="black", linewidth=0.8, linestyle="--")
     ax.set(xlabel="digit", ylabel="share of the split (%)", title="Class balance")
-    ax.legend(title=None, loc="lower right", fontsize=8)
+    # Outside, right of the axes: every digit has bars up to the top, so no corner inside is free.
+    ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return ax
 
 
-def pixel_histogram(images, ax: plt.Axes | None = None) -> plt.Axes:
-    """How often each grey level 0..255 occurs among the pixels (log scale); returns the Axes."""
+def pixel_histogram(images, ax: plt.Axes | None = None, bin_width: int = 8) -> plt.Axes:
+    """How often the grey levels occur among the pixels, on a log scale; returns the Axes.
+
+    Background (exactly 0) gets its own bar, labelled with its share of all pixels. Levels 1..255
+    are grouped ``bin_width`` at a time and drawn as pixels *per grey level* (the bin's count over
+    its width), so the last, narrower bin stays comparable and single levels that are far more
+    common than their neighbours (MNIST has such spikes at 64, 128 and 191) do not dominate.
+    """
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
     counts = np.bincount(np.asarray(images, dtype=np.uint8).ravel(), minlength=256)
-    ax.stairs(counts, np.arange(257), fill=True)
-    ax.set(yscale="log", xlim=(0, 256), xlabel="pixel value", ylabel="pixels",
+    edges = np.append(np.arange(1, 256, bin_width), 256)
+    per_level = np.add.reduceat(counts[1:], edges[:-1] - 1) / np.diff(edges)
+    ax.stairs(per_level, edges, fill=True, color="tab:blue")
+    # Level 0 would be a 1-wide sliver on the y axis: it gets a bar of its own, left of the ink levels.
+    zero_at = -bin_width / 2
+    ax.bar(zero_at, counts[0], width=0.8 * bin_width, color="dimgray")
+    ax.annotate(f"0 (background): {counts[0] / counts.sum():.1%} of all pixels", (zero_at, counts[0]),
+                xytext=(10, -3), textcoords="offset points", va="top", fontsize=8)
+    ax.set_xticks([zero_at, 50, 100, 150, 200, 250], ["0", "50", "100", "150", "200", "250"])
+    ax.set(yscale="log", xlim=(-1.25 * bin_width, 256), ylabel="pixels per grey level",
+           xlabel=f"pixel value (1..255 in bins of {bin_width} levels)",
            title=f"Pixel values of {len(images):,} images")
     return ax
 
@@ -120,19 +138,70 @@ def mean_digits(class_means, ncols: int = 10) -> plt.Figure:
                       cmap="magma", size=1.3, vmin=0, vmax=top)
 
 
-def embedding_scatter(points, labels, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
-    """A 2-D embedding coloured by class, each digit written at its cluster's median; returns the Axes."""
+def embedding_scatter(points, labels, ax: plt.Axes | None = None, title: str | None = None,
+                      fontsize: float = 14) -> plt.Axes:
+    """A 2-D embedding coloured by class, each digit written near its cluster's median; returns the Axes.
+
+    Labels whose medians lie close together are pushed apart (:func:`spread_labels`) and joined
+    to their median by a thin line; a white outline keeps them readable on top of the points.
+    """
+    from matplotlib import patheffects
+
     ax = ax or plt.subplots(figsize=(5.5, 5))[1]
     points, labels = np.asarray(points), np.asarray(labels)
     sns.scatterplot(x=points[:, 0], y=points[:, 1], hue=labels, palette="tab10", s=10, linewidth=0,
                     legend="full", ax=ax)
-    for digit in np.unique(labels):
-        x, y = np.median(points[labels == digit], axis=0)
-        ax.annotate(str(digit), (x, y), fontsize=14, weight="bold", ha="center", va="center",
-                    bbox={"boxstyle": "circle,pad=0.2", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
     ax.set(xticks=[], yticks=[], title=title)
-    ax.legend(title="digit", fontsize=7, title_fontsize=8, markerscale=1.5, loc="best")
+    # Outside the axes, so it covers neither points nor labels.
+    ax.legend(title="digit", fontsize=7, title_fontsize=8, markerscale=1.5, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.autoscale_view()  # the limits are final before the labels are placed in pixels
+    digits = np.unique(labels)
+    medians = np.array([np.median(points[labels == digit], axis=0) for digit in digits])
+    em = fontsize * ax.figure.dpi / 72  # the font size in pixels
+    to_pixels = ax.transData
+    # A 1.4 em spacing leaves a gap between two 1-digit labels even if a layout shrinks the axes a little.
+    placed = to_pixels.inverted().transform(
+        spread_labels(to_pixels.transform(medians), 1.4 * em, ax.bbox.padded(-0.8 * em).extents))
+    outline = [patheffects.withStroke(linewidth=3, foreground="white")]
+    for digit, median, position in zip(digits, medians, placed, strict=True):
+        moved = np.hypot(*(to_pixels.transform(position) - to_pixels.transform(median))) > 0.3 * em
+        ax.annotate(str(digit), median, xytext=position, fontsize=fontsize, weight="bold", ha="center",
+                    va="center", zorder=5, path_effects=outline,
+                    arrowprops={"arrowstyle": "-", "color": "0.25", "linewidth": 0.8, "shrinkA": 0.6 * fontsize,
+                                "shrinkB": 0} if moved else None)
     return ax
+
+
+def spread_labels(anchors, min_distance: float, bounds, steps: int = 300) -> np.ndarray:
+    """Positions near ``anchors`` (an (N, 2) array) at least ``min_distance`` apart, inside ``bounds``.
+
+    ``bounds`` is ``(x0, y0, x1, y1)`` in the anchors' units (pixels, for labels). Each step pushes
+    every pair that is too close apart along the line between them, half each way, until no pair
+    is too close or ``steps`` run out; a label therefore moves no further than its neighbours need.
+    """
+    positions = np.array(anchors, dtype=float).reshape(-1, 2)
+    low, high = np.asarray(bounds[:2], dtype=float), np.asarray(bounds[2:], dtype=float)
+    positions = np.clip(positions, low, np.maximum(low, high))
+    for _ in range(steps):
+        crowded = False
+        for first in range(len(positions)):
+            for second in range(first + 1, len(positions)):
+                offset = positions[second] - positions[first]
+                distance = float(np.hypot(*offset))
+                if distance >= min_distance:
+                    continue
+                crowded = True
+                # Labels on the same spot split along a direction fixed by their index: deterministic.
+                angle = first + second
+                direction = offset / distance if distance > 1e-9 else np.array([np.cos(angle), np.sin(angle)])
+                push = 0.51 * (min_distance - distance) * direction  # a hair over half: the pair ends apart
+                positions[first] -= push
+                positions[second] += push
+        positions = np.clip(positions, low, np.maximum(low, high))
+        if not crowded:
+            break
+    return positions
 
 
 def augmentation_gallery(original, augmented, ncols: int = 8) -> plt.Figure:
@@ -144,6 +213,65 @@ def augmentation_gallery(original, augmented, ncols: int = 8) -> plt.Figure:
         spine.set_visible(True)
         spine.set(color="tab:red", linewidth=2)
     return figure
+
+
+# --- notebook 05: drawings -----------------------------------------------------------------------
+
+
+def _value_range(image: np.ndarray) -> str:
+    """``values 0 to 255`` for whole numbers, ``values -0.42 to 2.82`` otherwise."""
+    low, high = image.min(), image.max()
+    if np.issubdtype(image.dtype, np.integer):
+        return f"values {low} to {high}"
+    return f"values {low:.2f} to {high:.2f}"
+
+
+def preprocessing_grid(steps: Mapping[Any, Mapping[str, Any]]) -> plt.Figure:
+    """One row per drawing, one panel per preprocessing step; returns the Figure.
+
+    ``steps`` maps each drawing to its ``{step name: image}``. Each panel is scaled to its own
+    range (black its smallest value, white its largest), so a step that only shifts and scales
+    the values, like normalisation, looks like the one before it: the value range written under
+    every panel shows what changed.
+    """
+    rows = [{name: _as_array(image) for name, image in images.items()} for images in steps.values()]
+    ncols = max(len(images) for images in rows)
+    figure, axes = plt.subplots(len(rows), ncols, figsize=(2.15 * ncols, 2.5 * len(rows)), squeeze=False)
+    for row_axes, images in zip(axes, rows, strict=True):
+        for ax in row_axes[len(images):]:
+            ax.set_axis_off()
+        for ax, (name, image) in zip(row_axes, images.items(), strict=False):
+            ax.imshow(image, cmap="gray")
+            ax.set_title(f"{name}\n{image.shape[0]}×{image.shape[1]}", fontsize=9)
+            ax.set_xlabel(_value_range(image), fontsize=8)  # not axis("off"): that would hide the label
+            ax.set(xticks=[], yticks=[])
+            ax.spines[:].set_visible(False)
+    figure.tight_layout()
+    return figure
+
+
+def image_strip(groups: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = None, vmin: float = 0.0,
+                vmax: float = 1.0, gap: float = 0.6) -> plt.Axes:
+    """Small images in a row, in named groups; returns the Axes.
+
+    ``groups`` maps a group's name (written above it) to its ``{caption: image}`` (each caption
+    written under its image). Groups are ``gap`` image widths apart, images within a group a
+    tenth of one, so the groups cannot be mistaken for one sequence. All images share the grey
+    scale ``vmin``..``vmax``.
+    """
+    ax = ax or plt.subplots(figsize=(8, 1.8))[1]
+    left = 0.0
+    for group, images in groups.items():
+        start = left
+        for caption, image in images.items():
+            ax.imshow(_as_array(image), cmap="gray", vmin=vmin, vmax=vmax, extent=(left, left + 1, 1, 0))
+            ax.text(left + 0.5, 1.06, caption, ha="center", va="top", fontsize=8)
+            left += 1.1
+        ax.text((start + left - 0.1) / 2, -0.08, group, ha="center", va="bottom", fontsize=9)
+        left += gap - 0.1
+    ax.set(xlim=(-0.05, left - gap + 0.05), ylim=(1.35, -0.35), aspect="equal")
+    ax.set_axis_off()
+    return ax
 
 
 # --- notebooks 02 and 03: training -------------------------------------------------------------
@@ -197,14 +325,33 @@ def lr_schedule(learning_rates, steps_per_epoch: int | None = None, ax: plt.Axes
     return ax
 
 
+def per_class_range(*values, percent: bool = True) -> tuple[float, float]:
+    """The y range :func:`per_class_bars` uses, over one or more arrays of per-class values.
+
+    It starts one spread (largest minus smallest value) below the smallest value, so differences
+    of a fraction of a percent stay visible, and never below 0 for non-negative values. With
+    ``percent`` it ends at 100 %, the most a fraction can be; otherwise just above the largest
+    value. Pass the values of every panel and give the result to each one as ``ylim``, so
+    panels side by side compare at a glance.
+    """
+    every = np.concatenate([np.asarray(array, dtype=float).ravel() for array in values])
+    smallest, largest = float(every.min()), float(every.max())
+    span = max(largest - smallest, 0.01 if percent else 1e-9)
+    low = smallest - span
+    if smallest >= 0:
+        low = max(low, 0.0)
+    return low, (max(1.0, largest) if percent else largest + 0.05 * span)
+
+
 def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None, ylabel: str = "accuracy",
                    class_names=None, percent: bool = True, reference: float | None = None,
-                   reference_label: str = "overall") -> plt.Axes:
+                   reference_label: str = "overall", ylim: tuple[float, float] | None = None) -> plt.Axes:
     """One labelled bar per class (e.g. per-class accuracy), the weakest class highlighted; returns the Axes.
 
-    With ``percent`` the values are fractions shown as percentages. The y axis starts just below
-    the smallest value, so differences of a fraction of a percent stay visible (each bar carries
-    its value). ``reference`` draws a dashed line, e.g. the overall accuracy.
+    With ``percent`` the values are fractions shown as percentages. The y axis is
+    :func:`per_class_range` of ``values`` unless ``ylim`` is given (the same range for panels
+    side by side); each bar carries its value, written inside its top so the axis can end at
+    100 %. ``reference`` draws a dashed line, e.g. the overall accuracy.
     """
     from matplotlib.ticker import PercentFormatter
 
@@ -216,13 +363,13 @@ def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None,
     colors = ["tab:blue"] * len(values)
     colors[int(values.argmin())] = "tab:orange"
     bars = ax.bar(names, values, color=colors)
-    ax.bar_label(bars, labels=[f"{v:.1%}" if percent else f"{v:.3g}" for v in values], fontsize=8, padding=2)
-    span = max(float(values.max() - values.min()), 0.01 if percent else 1e-9)
-    low = float(values.min()) - span
-    ax.set_ylim(max(low, 0.0) if values.min() >= 0 else low, float(values.max()) + 0.35 * span)
+    ax.bar_label(bars, labels=[f"{v:.1%}" if percent else f"{v:.3g}" for v in values], fontsize=7, padding=-10,
+                 color="white")
+    ax.set_ylim(ylim if ylim is not None else per_class_range(values, percent=percent))
     if reference is not None:
-        ax.axhline(reference, color="black", linestyle="--", linewidth=0.9, label=f"{reference_label} {reference:.2%}"
-                   if percent else f"{reference_label} {reference:.3g}")
+        # Behind the bars (zorder below theirs): it shows between them and never crosses a bar's label.
+        ax.axhline(reference, color="black", linestyle="--", linewidth=0.9, zorder=0.5,
+                   label=f"{reference_label} {reference:.2%}" if percent else f"{reference_label} {reference:.3g}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
     if percent:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
@@ -236,23 +383,29 @@ def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None,
 def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
     """A confusion matrix (rows: true digit, columns: prediction) as an annotated seaborn heatmap.
 
-    Counts are written as whole numbers. A row-normalised matrix (floats) is written in percent,
-    and its colour scale stops at the largest mistake, so the errors show instead of a bright
-    diagonal and a pale everything else.
+    Counts are written as whole numbers on one colour scale. A row-normalised matrix (floats) is
+    written in percent, its diagonal (the correct answers) in neutral grey and its mistakes on a
+    colour scale of their own that ends at the largest mistake, so a 1 % confusion shows instead
+    of vanishing next to a 99 % diagonal. Cells that are exactly 0 stay blank in both.
     """
-    import numpy as np
-    import seaborn as sns
+    from matplotlib.colors import ListedColormap
 
     matrix = np.asarray(matrix)
     if ax is None:
         _, ax = plt.subplots(figsize=(6.5, 5.5))
     normalised = np.issubdtype(matrix.dtype, np.floating)
-    largest_mistake = (matrix - np.diag(np.diag(matrix))).max()
-    sns.heatmap(
-        matrix, ax=ax, annot=True, fmt=".1%" if normalised else "d", cmap="Blues", square=True, cbar=False,
-        vmin=0, vmax=largest_mistake if normalised and largest_mistake > 0 else None,
-        annot_kws={"fontsize": 7 if normalised else 8},
-    )
+    labels = np.vectorize(lambda value: f"{value:.1%}" if normalised else f"{value:d}")(matrix)
+    common = {"ax": ax, "annot": labels, "fmt": "", "square": True, "cbar": False,
+              "annot_kws": {"fontsize": 7 if normalised else 8}}
+    diagonal = np.eye(*matrix.shape) > 0
+    if normalised:
+        mistakes = matrix[~diagonal]
+        # seaborn writes no label in a masked cell: masking the zeros leaves them blank.
+        sns.heatmap(matrix, mask=diagonal | (matrix == 0), cmap="Reds", vmin=0,
+                    vmax=mistakes.max() if mistakes.max() > 0 else 1, **common)
+        sns.heatmap(matrix, mask=~diagonal, cmap=ListedColormap(["#d9d9d9"]), **common)
+    else:
+        sns.heatmap(matrix, mask=matrix == 0, cmap="Blues", vmin=0, **common)
     ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalised" if normalised else "counts"))
     return ax
 
@@ -260,7 +413,8 @@ def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = No
 def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> plt.Figure:
     """The first ``limit`` rows of :func:`digitlib.evaluation.misclassified` as a grid of digits.
 
-    Each title reads ``true → predicted`` and the two most likely digits with their probabilities.
+    Digits are white on black like every other MNIST figure. Each title reads ``true → predicted``
+    and the two most likely digits with their probabilities.
     """
     rows = mistakes.head(limit)
     nrows = max(1, -(-len(rows) // ncols))
@@ -269,7 +423,9 @@ def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> 
         ax.axis("off")
     # A grid has nrows * ncols cells, usually more than mistakes: the spare cells stay blank.
     for ax, row in zip(axes.flat, rows.itertuples(), strict=False):
-        ax.imshow(images[row.index], cmap="gray_r")
+        image = _as_array(images[row.index])
+        scale = {"vmin": 0, "vmax": 255} if image.dtype == np.uint8 else {}
+        ax.imshow(image, cmap="gray", **scale)
         ax.set_title(
             f"{row.true} → {row.predicted}\n"
             f"{row.predicted}: {row.probability:.0%}  {row.second}: {row.second_probability:.0%}",

@@ -229,3 +229,31 @@ def test_evaluate_without_timing(trained_checkpoints, capsys):
                           "--device", "cpu"], capsys)
     assert status == 0 and "resnet" in out.splitlines()[0]
     assert "latency" not in out and "throughput" not in out
+
+
+def test_evaluate_several_checkpoints_reports_members_and_ensemble(trained_checkpoints, capsys):
+    status, out, err = run(["evaluate", "--model", trained_checkpoints["cnn"], trained_checkpoints["resnet"],
+                            "--limit", "300", "--device", "cpu"], capsys)
+    assert (status, err) == (0, "")
+    members = {arch: re.search(rf"^{re.escape(str(path))}\s+{arch}\s+([\d.]+)%\s+(\d+)", out, re.MULTILINE)
+               for arch, path in trained_checkpoints.items()}
+    assert all(members.values()), out
+    average = re.search(r"^ensemble: mean of probabilities\s+([\d.]+)%\s+(\d+)", out, re.MULTILINE)
+    vote = re.search(r"^ensemble: majority vote\s+([\d.]+)%\s+(\d+)", out, re.MULTILINE)
+    assert average and vote
+    wrong = re.search(r"^test images it still gets wrong \((\d+)\)", out, re.MULTILINE)
+    assert wrong and int(wrong.group(1)) == int(average.group(2))
+    listed = re.findall(r"^\s+(\d+)\s+(\d) -> (\d) \((\d+)%\)$", out, re.MULTILINE)
+    assert len(listed) == int(wrong.group(1)) and all(true != predicted for _, true, predicted, _ in listed)
+    assert "latency" not in out  # timings are for one model
+
+
+def test_predict_with_an_ensemble(good_images, trained_checkpoints, capsys):
+    status, out, err = run(["predict", *good_images, "--model", trained_checkpoints["cnn"],
+                            "--model", trained_checkpoints["resnet"], "--json"], capsys)
+    assert status == 0, err
+    results = json.loads(out)
+    assert [result["digit"] for result in results] == list(good_images.values())
+    status, out, _ = run(["predict", *good_images, "--model", trained_checkpoints["cnn"],
+                          "--model", trained_checkpoints["resnet"]], capsys)
+    assert status == 0 and out.startswith("ensemble of 2, mean of probabilities: ")

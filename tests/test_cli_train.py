@@ -11,7 +11,7 @@ import torch
 from cli_run import run
 
 import digitlib as dl
-from digitlib.checkpoints import load_checkpoint
+from digitlib.checkpoints import load_checkpoint, read_checkpoint
 
 TRAIN_FLAGS = [
     "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
@@ -143,3 +143,28 @@ def test_bench_time_to_accuracy(capsys, monkeypatch):
     accuracies = re.search(r"^cnn test accuracy after each epoch: (.*)$", out, re.MULTILINE).group(1).split()
     assert len(accuracies) == 2
     assert re.search(r"^cnn reached 50.0% test accuracy after [\d.]+s of training", out, re.MULTILINE)
+
+
+def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu"]
+
+    def ctrl_c(line):  # fit saves each epoch before it logs it
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:  # Ctrl-C once seed 0's first epoch is saved
+        patch.setattr(dl.cli, "_print_now", ctrl_c)
+        status, _, err = run(argv, capsys)
+    assert status == 130 and "--resume" in err
+    assert read_checkpoint(tmp_path / "cnn.pt")["resume"]["epoch"] == 1
+
+    status, out, err = run(argv, capsys)
+    assert status == 0, err
+    assert f"=== cnn, seed 0 → {tmp_path / 'cnn.pt'} (resuming)" in out
+    assert f"=== cnn, seed 1 → {tmp_path / 'seeds' / 'cnn-seed1.pt'}" in out
+    for path, seed in ((tmp_path / "cnn.pt", 0), (tmp_path / "seeds" / "cnn-seed1.pt", 1)):
+        saved = read_checkpoint(path)
+        assert saved["resume"] is None and saved["seed"] == seed and 0 < saved["metrics"]["test_accuracy"] <= 1
+
+    status, out, _ = run(argv, capsys)
+    assert status == 0 and out.count("already trained, skipped") == 2

@@ -199,3 +199,22 @@ def test_file_size_mb(tmp_path):
     path = tmp_path / "two-megabytes.bin"
     path.write_bytes(bytes(2_000_000))
     assert evaluation.file_size_mb(path) == 2.0
+
+
+def test_majority_vote_counts_votes_and_breaks_ties_by_mean_probability():
+    a = torch.tensor([[0.6, 0.4, 0.0], [0.1, 0.9, 0.0]])
+    b = torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.2, 0.8]])
+    c = torch.tensor([[0.1, 0.9, 0.0], [0.0, 0.45, 0.55]])
+    # image 0: two votes for class 0 beat one confident vote for 1; image 1: 1 vs 2 vs 2, class 2 wins 2:1
+    assert evaluation.majority_vote(a, b, c).tolist() == [0, 2]
+    # a tie (one vote each) goes to the class with the higher mean probability
+    assert evaluation.majority_vote(torch.tensor([[0.51, 0.49]]), torch.tensor([[0.0, 1.0]])).tolist() == [1]
+
+
+def test_predict_image_ensemble_of_one_is_predict_image(cnn, small_splits):
+    model, mean, std = cnn
+    drawing = evaluation.as_drawing(small_splits.test_images[3])
+    single = evaluation.predict_image(model, drawing, mean, std, top=3)
+    ensemble = evaluation.predict_image_ensemble([(model, mean, std), (model, mean, std)], drawing, top=3)
+    assert [d for d, _ in single] == [d for d, _ in ensemble]
+    assert [p for _, p in single] == pytest.approx([p for _, p in ensemble], abs=1e-6)
