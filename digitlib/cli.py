@@ -120,6 +120,7 @@ def _train(args) -> int:
         "normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed,
         "data": {"dataset": "mnist", "train_limit": limit, "augment": args.augment},
     }
+    before = out.stat().st_mtime_ns if out.exists() else None  # to tell a new save from an old file
     previous_sigterm = _stop_on_sigterm()
     try:
         history = training.fit(
@@ -128,8 +129,9 @@ def _train(args) -> int:
             progress=sys.stderr.isatty(), log=_print_now,
         )
     except KeyboardInterrupt:
-        kept = f"{out} keeps the best epoch so far; continue with the same flags plus --resume" if out.exists() \
-            else "no epoch had finished, so nothing was saved"
+        saved = out.exists() and out.stat().st_mtime_ns != before
+        kept = (f"{out} keeps the best epoch so far; continue with the same flags plus --resume" if saved
+                else "no epoch had finished, so nothing was saved" + (f" ({out} is unchanged)" if before else ""))
         print(f"\ninterrupted: {kept}", file=sys.stderr)
         return 130
     finally:

@@ -116,7 +116,7 @@ def device_loaders(
 ) -> tuple[DeviceLoader, DeviceLoader, DeviceLoader]:
     """Train (shuffled, augmented if asked, whole batches only), validation and test loaders on ``device``.
 
-    The on-device counterpart of ``data.make_loaders``.
+    The on-device counterpart of :func:`per_sample_loaders`.
     """
     mean, std = splits.mean, splits.std
     train = DeviceLoader(
@@ -140,7 +140,7 @@ def make_loaders(
     """Train, validation and test loaders for one of the input pipelines (``PIPELINES``).
 
     ``"device"``: :func:`device_loaders`, augmenting whole batches on ``device`` (the default);
-    ``"none"``: the same without augmentation; ``"albumentations"``: ``data.make_loaders``, one image
+    ``"none"``: the same without augmentation; ``"albumentations"``: :func:`per_sample_loaders`, one image
     at a time in ``num_workers`` DataLoader workers, on the CPU (the training loop copies each batch).
     """
     if augment == "albumentations":
