@@ -394,7 +394,7 @@ def _print_timings(model, images, mean: float, std: float, repeats: int | None) 
 def _print_ensemble_report(members: list, labels, top: int) -> None:
     from . import evaluation
 
-    width = max(len(str(path)) for path, *_ in members)
+    width = max([len(str(path)) for path, *_ in members] + [len("ensemble: mean of probabilities")])
     print(f"{'member':<{width}}  {'model':<7}{'accuracy':>9}{'errors':>8}{'loss':>9}")
     for path, _, info, _, probabilities in members:
         metrics = evaluation.classification_metrics(probabilities, labels)
