@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import pickle
 import random
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import make_unreadable
 from PIL import Image
 
 import digitlib as dl
@@ -203,21 +203,6 @@ def test_a_dangling_symbolic_link(tmp_path):
     link.symlink_to(tmp_path / "gone.pt")
     with pytest.raises(dl.CheckpointError, match=r"cnn\.pt is a symbolic link to .*gone\.pt, which does not exist"):
         load_checkpoint(link)
-
-
-def make_unreadable(path: Path, module, monkeypatch) -> None:
-    """chmod 000. Root reads such files anyway, so as root ``module``'s open() is also made to fail
-    for ``path`` the way the OS fails it for everyone else (same exception, errno and text)."""
-    path.chmod(0)
-    if os.access(path, os.R_OK):
-        real_open = open
-
-        def open_as_another_user(file, *args, **kwargs):
-            if Path(file) == path:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr(module, "open", open_as_another_user, raising=False)
 
 
 def test_an_unreadable_checkpoint_is_a_permission_problem(cnn_checkpoint, monkeypatch):

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from cli_run import run
+from helpers import run
 from PIL import Image
 
 import digitlib as dl

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_run import run
+from helpers import run
 
 import digitlib as dl
 from digitlib.checkpoints import read_checkpoint

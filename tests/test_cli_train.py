@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from cli_run import run
+from helpers import run
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint, read_checkpoint

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import struct
 import time
 import zlib
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import make_unreadable
 from PIL import Image
 
 import digitlib as dl
@@ -249,21 +248,6 @@ def test_missing_file(tmp_path):
     with pytest.raises(ImageError, match="no such file") as error:
         load_image(tmp_path / "nowhere.png")
     assert "nowhere.png" in str(error.value)
-
-
-def make_unreadable(path: Path, module, monkeypatch) -> None:
-    """chmod 000. Root reads such files anyway, so as root ``module``'s open() is also made to fail
-    for ``path`` the way the OS fails it for everyone else (same exception, errno and text)."""
-    path.chmod(0)
-    if os.access(path, os.R_OK):
-        real_open = open
-
-        def open_as_another_user(file, *args, **kwargs):
-            if Path(file) == path:
-                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
-            return real_open(file, *args, **kwargs)
-
-        monkeypatch.setattr(module, "open", open_as_another_user, raising=False)
 
 
 def test_an_unreadable_image_is_a_permission_problem(tmp_path, digit, monkeypatch):

@@ -1,0 +1,35 @@
+"""Helpers shared by several test files."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from digitlib.cli import main
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``python -m digitlib *argv``, run in the test's own process
+    (fast, and monkeypatches apply)."""
+    try:
+        status = main([str(arg) for arg in argv])
+    except SystemExit as exit_:
+        status = exit_.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def make_unreadable(path: Path, module, monkeypatch) -> None:
+    """chmod 000. Root reads such files anyway, so as root ``module``'s open() is also made to fail
+    for ``path`` the way the OS fails it for everyone else (same exception, errno and text)."""
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        real_open = open
+
+        def open_as_another_user(file, *args, **kwargs):
+            if Path(file) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(module, "open", open_as_another_user, raising=False)
