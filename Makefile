@@ -2,7 +2,7 @@
 #   make lab     set up, then open the course in JupyterLab
 #   make test    set up, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
 #   make course  set up, then execute every notebook in full mode into build/
-#   make app     set up, then serve the drawing pad (notebook 05) as a web page with Voila
+#   make app     set up, then serve the drawing pad app (app/drawing_pad.ipynb) on localhost with Voila
 #   make models  set up, then train both models with the full-run settings (SEEDS=5 for an ensemble)
 
 PYTHON ?= python3
@@ -24,31 +24,38 @@ $(INSTALLED): pyproject.toml
 
 setup: $(INSTALLED) data
 
-# Copies MNIST from ../shared/mnist when it is there, else torchvision downloads it.
+# Copies MNIST from ../shared/mnist when it is there, else torchvision downloads it. Fashion-MNIST too,
+# when Debian's package dataset-fashion-mnist has put its files in $(FASHION_MNIST) (one command either way).
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
 data: $(INSTALLED)
-	$(BIN)/python -m digitlib data
+	$(BIN)/python -m digitlib data --dataset mnist $(if $(wildcard $(FASHION_MNIST)/*.gz),fashion)
 
 lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check digitlib tests notebooks
+	$(BIN)/ruff check digitlib tests notebooks app
 	$(BIN)/mypy
 
 test: setup lint
 	DIGITLIB_SMOKE=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
 
+# transport_encryption=auto: nbconvert gives each kernel CurveZMQ keys (its kernelspec declares
+# support), so the kernel's localhost TCP traffic is encrypted and ipykernel no longer warns about
+# plain text once per notebook. (transport=ipc would bind sockets relative to the notebook's folder.)
 course: setup
 	mkdir -p build/notebooks
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-		--output-dir build/notebooks notebooks/*.ipynb
+		--KernelManager.transport_encryption=auto --output-dir build/notebooks notebooks/*.ipynb
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
 
 models: setup
 	$(BIN)/python -m digitlib models --seeds $(SEEDS)
 
+# The pad alone, no code. Voila reads app/voila.py from its working folder (template, port, kernel
+# shutdown and culling) and finds the app's template, which loads nothing from other hosts, through JUPYTER_PATH.
 app: setup
-	$(BIN)/voila notebooks/05_drawing_pad.ipynb
+	cd app && JUPYTER_PATH=$(CURDIR)/app/jupyter $(CURDIR)/$(BIN)/voila drawing_pad.ipynb
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

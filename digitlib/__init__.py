@@ -27,7 +27,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 _SUBMODULES = (
     "augment", "bench", "checkpoints", "data", "drawing", "evaluation", "loaders", "models", "plots",
-    "preprocess", "training",
+    "preprocess", "training", "confidence", "explain",
+    "export",
 )
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,16 +184,20 @@ def time_to_accuracy(
 
 
 def single_image_latency(
-    model: nn.Module, image, mean: float, std: float, repeats: int = 200, warmup: int = 20, threads: int | None = 1
+    model: Callable[[torch.Tensor], torch.Tensor], image, mean: float, std: float, repeats: int = 200, warmup: int = 20,
+    threads: int | None = 1,
 ) -> dict:
     """Time preprocessing plus the forward pass for one image, in this process on the CPU.
+
+    ``model`` is any callable from a normalised (1, 1, 28, 28) tensor to scores: an ``nn.Module``
+    (moved to the CPU and put in eval mode), an int8 model, or ``export.OnnxModel``.
 
     Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
     and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
     a single 28x28 image is too little work to share, and on a busy two-core machine a second
     thread made it several times slower (measured).
     """
-    model = model.cpu().eval()
+    model = _on_cpu(model)
     totals, preprocess_times, forward_times = [], [], []
     with torch_threads(threads), torch.inference_mode():
         for run in range(warmup + repeats):
@@ -218,13 +222,15 @@ def single_image_latency(
 
 
 def batch_throughput(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, repeats: int = 3, threads: int | None = None
+    model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int = 1000, repeats: int = 3,
+    threads: int | None = None,
 ) -> dict:
     """Images per second for the forward pass over normalised ``images`` (N, 1, 28, 28) in batches.
 
-    The best of ``repeats`` passes (after one warm-up batch), all threads by default.
+    The best of ``repeats`` passes (after one warm-up batch), all threads by default. ``model`` is any
+    callable, as for :func:`single_image_latency`.
     """
-    model = model.cpu().eval()
+    model = _on_cpu(model)
     batches = list(images.split(batch_size))
     with torch_threads(threads), torch.inference_mode():
         model(batches[0])
@@ -236,3 +242,8 @@ def batch_throughput(
             seconds.append(time.perf_counter() - started)
     best = min(seconds)
     return {"images_per_s": len(images) / best, "batch_size": batch_size, "images": len(images), "seconds": best}
+
+
+def _on_cpu(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ``nn.Module`` on the CPU in eval mode; any other callable as it is."""
+    return model.cpu().eval() if isinstance(model, nn.Module) else model

@@ -17,21 +17,23 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import FULL_RUNS, REFERENCE_BATCH_SIZE, models_dir, scaled_max_lr, smoke_test
+from .config import DATASET_NAMES, FULL_RUNS, REFERENCE_BATCH_SIZE, dataset_models_dir, scaled_max_lr, smoke_test
 from .errors import DigitlibError
 
-SHARED_MNIST = Path("../shared/mnist")
 AUGMENT_CHOICES = ("device", "albumentations", "none")
 START_LR = 1e-3  # where the one-cycle schedule starts, at the reference batch size
 AMP_HELP = "mixed precision with torch.autocast (default: on for CUDA and for CPUs with bf16 hardware, off elsewhere)"
 
 
 def _add_data_command(commands) -> None:
-    parser = commands.add_parser("data", help="make MNIST ready in the data folder")
+    parser = commands.add_parser("data", help="make MNIST (or Fashion-MNIST) ready in the data folder")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, nargs="+", default=["mnist"],
+                        help="one or more datasets to make ready; fashion is Fashion-MNIST (default: %(default)s)")
     parser.add_argument(
         "--source", type=Path, default=None,
-        help="folder holding the four original MNIST .gz files to copy (default: ../shared/mnist if it "
-        "exists, else torchvision downloads them)",
+        help="folder holding the dataset's four original .gz files to copy (default: ../shared/mnist for MNIST, "
+        "/usr/share/datasets/fashion-mnist from Debian's package dataset-fashion-mnist for Fashion-MNIST, if the "
+        "folder exists; else torchvision downloads them)",
     )
     parser.set_defaults(handler=_data)
 
@@ -39,16 +41,21 @@ def _add_data_command(commands) -> None:
 def _data(args) -> int:
     from . import data
 
-    source = args.source or (SHARED_MNIST if SHARED_MNIST.is_dir() else None)
-    folder = data.prepare(source)
-    print(f"MNIST ready in {folder}" + (f" (copied from {source})" if source else ""))
+    names = list(dict.fromkeys(args.dataset))
+    if args.source is not None and len(names) > 1:
+        raise DigitlibError("--source is the folder of one dataset: give a single --dataset with it")
+    for name in names:
+        info = data.dataset_info(name)
+        source = args.source or (info.local_copy if info.local_copy.is_dir() else None)
+        folder = data.prepare(source, dataset=name)
+        print(f"{info.title} ready in {folder}" + (f" (copied from {source})" if source else ""), flush=True)
     return 0
 
 
 def _add_train_command(commands) -> None:
     parser = commands.add_parser(
         "train", help="train a model and save a checkpoint",
-        description="Train DigitCNN or DigitResNet on the 80 %% training split, keep the best epoch by "
+        description="Train DigitCNN or DigitResNet on the 80 % training split, keep the best epoch by "
         "validation accuracy, report test accuracy, and save a checkpoint. An existing checkpoint is "
         "never replaced unless you pass --force.",
     )
@@ -56,6 +63,9 @@ def _add_train_command(commands) -> None:
     per_model_peak = ", ".join(f"{run.max_lr:g} for {arch}" for arch, run in FULL_RUNS.items())
     parser.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
                         help="architecture (default: %(default)s)")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
+                        help="what to train on: mnist (digits) or fashion (Fashion-MNIST, its checkpoints under "
+                        "models/fashion/) (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive_int, default=None,
                         help=f"training epochs (default: {per_model_epochs})")
     parser.add_argument("--batch-size", type=_positive_int, default=128,
@@ -84,7 +94,8 @@ def _add_train_command(commands) -> None:
         "DIGITLIB_SMOKE=1 implies 2,000)",
     )
     parser.add_argument("--out", type=Path, default=None,
-                        help="checkpoint path (default: models/<model>.pt, or models/quick/<model>.pt with --limit)")
+                        help="checkpoint path (default: models/<model>.pt, or models/quick/<model>.pt with --limit; "
+                        "models/fashion/<model>.pt and models/fashion/quick/<model>.pt with --dataset fashion)")
     parser.add_argument("--force", action="store_true", help="replace the checkpoint at --out if there is one")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from --out, with the same flags")
@@ -97,7 +108,7 @@ def _train(args) -> int:
     from .models import build_model, count_parameters
 
     limit = args.limit or (2000 if smoke_test() else None)
-    out = args.out or models_dir() / ("quick" if limit else "") / f"{args.model}.pt"
+    out = args.out or dataset_models_dir(args.dataset) / ("quick" if limit else "") / f"{args.model}.pt"
     _check_destination(out, args.force, args.resume)
     device = training.pick_device(args.device)  # a bad --device fails before any data is loaded
     full_run = FULL_RUNS[args.model]
@@ -107,18 +118,20 @@ def _train(args) -> int:
     if not args.resume:
         training.check_writable(out)  # before the data is loaded and hours are spent
     training.seed_everything(args.seed)
-    splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None)
+    splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None,
+                              dataset=args.dataset)
     train_loader, val_loader, test_loader = loaders.make_loaders(
         splits, args.batch_size, augment=args.augment, device=device, num_workers=args.workers, seed=args.seed
     )
     model = build_model(args.model)
+    on = "" if args.dataset == "mnist" else f" on {data.dataset_info(args.dataset).title}"
     print(
-        f"{args.model}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
+        f"{args.model}{on}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
         f"{len(splits.val_labels):,} validation images, device {device}", flush=True,
     )
     metadata = {
         "normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed,
-        "data": {"dataset": "mnist", "train_limit": limit, "augment": args.augment},
+        "data": {"dataset": args.dataset, "train_limit": limit, "augment": args.augment},
     }
     before = out.stat().st_mtime_ns if out.exists() else None  # to tell a new save from an old file
     previous_sigterm = _stop_on_sigterm()
@@ -195,9 +208,12 @@ def _add_models_command(commands) -> None:
         "models", help="train the course's model set: both architectures over several seeds",
         description="Train every architecture for each seed with the full-run settings: seed 0 into "
         "models/<model>.pt (what notebooks 03-05, predict and the drawing pad load), further seeds into "
-        "models/seeds/<model>-seed<N>.pt (an ensemble for evaluate and predict). Finished checkpoints are "
-        "skipped and interrupted ones resumed, so the command can be run again until it completes.",
+        "models/seeds/<model>-seed<N>.pt (an ensemble for evaluate and predict); with --dataset fashion the "
+        "same under models/fashion/. Finished checkpoints are skipped and interrupted ones resumed, so the "
+        "command can be run again until it completes.",
     )
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
+                        help="what to train on: mnist or fashion (Fashion-MNIST) (default: %(default)s)")
     parser.add_argument("--models", choices=("cnn", "resnet"), nargs="+", default=["cnn", "resnet"],
                         help="architectures (default: %(default)s)")
     parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per architecture (default: %(default)s)")
@@ -209,9 +225,10 @@ def _add_models_command(commands) -> None:
     parser.set_defaults(handler=_models)
 
 
-def model_set_paths(archs, seeds: int):
+def model_set_paths(archs, seeds: int, dataset: str = "mnist"):
     """{(arch, seed): checkpoint path} of the model set that `models` trains."""
-    return {(arch, seed): models_dir() / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
+    folder = dataset_models_dir(dataset)
+    return {(arch, seed): folder / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
             for arch in archs for seed in range(seeds)}
 
 
@@ -220,7 +237,7 @@ def _models(args) -> int:
     from .errors import CheckpointError
 
     parser = build_parser()
-    for (arch, seed), out in model_set_paths(args.models, args.seeds).items():
+    for (arch, seed), out in model_set_paths(args.models, args.seeds, args.dataset).items():
         resume = False
         if out.exists():
             try:
@@ -230,7 +247,8 @@ def _models(args) -> int:
             if not resume:
                 print(f"{out}: already trained, skipped", flush=True)
                 continue
-        argv = ["train", "--model", arch, "--seed", str(seed), "--device", args.device, "--out", str(out)]
+        argv = ["train", "--model", arch, "--dataset", args.dataset, "--seed", str(seed), "--device", args.device,
+                "--out", str(out)]
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         argv += ["--limit", str(args.limit)] if args.limit else []
         argv += ["--resume"] if resume else []
@@ -309,7 +327,10 @@ def _add_evaluate_command(commands) -> None:
     )
     parser.add_argument("--model", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                         help="one or more checkpoints (default: the best one in models/, or models/smoke/ in "
-                        "smoke mode)")
+                        "smoke mode; in models/fashion/ with --dataset fashion)")
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default=None,
+                        help="test set: mnist or fashion (Fashion-MNIST); a checkpoint trained on another one is "
+                        "refused (default: the dataset the checkpoint records)")
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="use only the first N test images (default: all 10,000; 1,000 in smoke mode)")
     parser.add_argument("--top", type=_positive_int, default=5,
@@ -323,50 +344,89 @@ def _add_evaluate_command(commands) -> None:
 
 def _evaluate(args) -> int:
     from . import data, evaluation
-    from .checkpoints import load_checkpoint, normalization
+    from .checkpoints import normalization
+    from .export import load_model
     from .training import pick_device
 
-    paths = args.model or [evaluation.best_checkpoint(log=_warn)]
+    paths = args.model or [evaluation.best_checkpoint(log=_warn, dataset=args.dataset or "mnist")]
     device = pick_device(args.device)
     limit = args.limit or (1000 if smoke_test() else None)
-    images, labels = data.load_mnist(train=False)
+    loaded = [(path, *load_model(path, device)) for path in paths]  # a checkpoint or an exported .onnx
+    dataset = _checkpoints_dataset(loaded, args.dataset)
+    images, labels = data.load_dataset(dataset, train=False)
     images, labels = images[:limit], labels[:limit]
     members = []
-    for path in paths:
-        model, info = load_checkpoint(path, device)
+    for path, model, info in loaded:
         mean, std = normalization(info, path)
         loader = evaluation.make_test_loader(images, labels, mean, std)
         members.append((path, model, info, (mean, std), evaluation.predict_proba(model, loader, device)[0]))
     if len(members) == 1:
         path, model, info, (mean, std), probabilities = members[0]
         _print_model_report(path, model, info, evaluation.classification_metrics(probabilities, labels),
-                            probabilities, labels, args.top)
+                            probabilities, labels, args.top, dataset)
         _print_timings(model, images, mean, std, args.repeats)
     else:
-        _print_ensemble_report(members, labels, args.top)
+        _print_ensemble_report(members, labels, args.top, dataset)
     return 0
 
 
-def _print_model_report(path, model, info, metrics, probabilities, labels, top: int) -> None:
+def _checkpoints_dataset(loaded: list, requested: str | None) -> str:
+    """The dataset every (path, model, info) in ``loaded`` was trained on, so evaluate uses its test set.
+
+    Refuses checkpoints of different datasets together, and a --dataset other than theirs.
+    """
+    from . import data
+    from .errors import CheckpointError, DataError
+
+    recorded = {}
+    for path, _, info in loaded:
+        try:
+            recorded[path] = data.dataset_of(info)
+        except DataError as error:
+            raise CheckpointError(f"{path} records an {error}") from None
+    (first, dataset), *others = recorded.items()
+    title = data.dataset_info(dataset).title
+    for path, other in others:
+        if other != dataset:
+            raise CheckpointError(f"{first} was trained on {title} but {path} on {data.dataset_info(other).title}: "
+                                  "evaluate checkpoints of one dataset at a time")
+    if requested is not None and requested != dataset:
+        wanted = data.dataset_info(requested).title
+        raise CheckpointError(f"{first} was trained on {title}, not {wanted} (--dataset {requested}): leave out "
+                              f"--dataset to use its own test set, or pass a checkpoint trained on {wanted}")
+    return dataset
+
+
+def _print_model_report(path, model, info, metrics, probabilities, labels, top: int, dataset: str) -> None:
     from . import evaluation
     from .models import count_parameters
 
     matrix = evaluation.confusion_matrix(labels, probabilities.argmax(dim=1))
     print(f"{path}: {info['arch']}, {count_parameters(model):,} parameters, "
           f"{info.get('epochs_completed', '?')} epochs (best {info.get('best_epoch', '?')})")
-    _print_metrics(metrics, evaluation.most_confused(matrix, top))
+    _print_metrics(metrics, evaluation.most_confused(matrix, top), dataset)
 
 
-def _print_metrics(metrics: dict, confused: list) -> None:
-    print(f"test images  {metrics['n']:,}")
+def _print_metrics(metrics: dict, confused: list, dataset: str) -> None:
+    """The numbers of one model or ensemble, classes named as ``dataset`` names them."""
+    from . import data
+
+    classes = data.class_names(dataset)
+    # MNIST, the default, goes unsaid (as in train's first line); any other dataset is named.
+    print(f"test images  {metrics['n']:,}" + ("" if dataset == "mnist" else f" ({data.dataset_info(dataset).title})"))
     print(f"accuracy     {metrics['accuracy']:.2%}  ({metrics['correct']:,} correct)")
     print(f"loss         {metrics['loss']:.4f}")
     print("per-class accuracy")
-    print("  digit " + "".join(f"{digit:>8}" for digit in range(10)))
-    print("  acc   " + "".join(f"{accuracy:>8.2%}" for accuracy in metrics["per_class_accuracy"]))
+    width = max(len(name) for name in classes)
+    if width < 8:  # digits: two rows of columns
+        print("  digit " + "".join(f"{name:>8}" for name in classes))
+        print("  acc   " + "".join(f"{accuracy:>8.2%}" for accuracy in metrics["per_class_accuracy"]))
+    else:  # names like "T-shirt/top": one line each
+        for name, accuracy in zip(classes, metrics["per_class_accuracy"], strict=True):
+            print(f"  {name:<{width}}  {accuracy:>7.2%}")
     print("most-confused pairs (true -> predicted: count)")
     for true, predicted, count in confused:
-        print(f"  {true} -> {predicted}: {count}")
+        print(f"  {classes[true]} -> {classes[predicted]}: {count}")
     if not confused:
         print("  none: every image is right")
 
@@ -391,9 +451,10 @@ def _print_timings(model, images, mean: float, std: float, repeats: int | None) 
           f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
 
 
-def _print_ensemble_report(members: list, labels, top: int) -> None:
-    from . import evaluation
+def _print_ensemble_report(members: list, labels, top: int, dataset: str) -> None:
+    from . import data, evaluation
 
+    classes = data.class_names(dataset)
     width = max([len(str(path)) for path, *_ in members] + [len("ensemble: mean of probabilities")])
     print(f"{'member':<{width}}  {'model':<7}{'accuracy':>9}{'errors':>8}{'loss':>9}")
     for path, _, info, _, probabilities in members:
@@ -410,11 +471,11 @@ def _print_ensemble_report(members: list, labels, top: int) -> None:
           f"{len(labels) - vote_correct:>8,}")
     print(f"\nthe mean of probabilities, on {metrics['n']:,} test images:")
     matrix = evaluation.confusion_matrix(labels, average.argmax(dim=1))
-    _print_metrics(metrics, evaluation.most_confused(matrix, top))
+    _print_metrics(metrics, evaluation.most_confused(matrix, top), dataset)
     mistakes = evaluation.misclassified(average, labels)
     print(f"test images it still gets wrong ({len(mistakes)}): index, true label -> prediction (probability)")
     for row in mistakes.itertuples():
-        print(f"  {row.index:>5}  {row.true} -> {row.predicted} ({row.probability:.0%})")
+        print(f"  {row.index:>5}  {classes[row.true]} -> {classes[row.predicted]} ({row.probability:.0%})")
 
 
 def _add_predict_command(commands) -> None:
@@ -423,7 +484,11 @@ def _add_predict_command(commands) -> None:
         description="Predict the digit in each image: any size, colour or polarity (dark on light or light "
         "on dark, or strokes on a transparent background). Each picture is made MNIST-like first: "
         "cropped to its ink, scaled to 20 px and centred by mass in 28x28.",
-        epilog="Exit status: 0 when every file was read, 1 when some could not be (one line each on "
+        epilog="A picture that is probably not one digit (a dot or blob, a shape much wider than tall such as a "
+        "dash or several digits, or a top probability below digitlib.confidence.MIN_CONFIDENCE) is still read, "
+        "and marked 'not a digit?' with the reason (\"rejected\": true and \"reason\" with --json); notebook 07 "
+        "measured the thresholds. "
+        "Exit status: 0 when every file was read, 1 when some could not be (one line each on "
         "stderr; the others are still predicted), 2 when the model cannot be loaded.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
@@ -442,14 +507,16 @@ def _predict(args) -> int:
     import torch
 
     from . import evaluation
-    from .checkpoints import load_checkpoint, normalization
+    from .checkpoints import normalization
+    from .confidence import judge
     from .errors import ImageError
+    from .export import load_model
     from .preprocess import load_image
 
     paths = args.model or [evaluation.best_checkpoint(log=_warn)]
     members, described = [], []
     for path in paths:
-        model, info = load_checkpoint(path, "cpu")
+        model, info = load_model(path, "cpu")  # a checkpoint or an exported .onnx (ONNX Runtime)
         members.append((model, *normalization(info, path)))
         recorded = evaluation.recorded_accuracy(info)
         accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
@@ -464,22 +531,86 @@ def _predict(args) -> int:
         print(f"{'image':<{width}}  digit  probability{top_column}", flush=True)
     for image_path in args.images:
         try:
-            top = evaluation.predict_image_ensemble(members, load_image(image_path), args.top)
+            reading = evaluation.read_image(members, load_image(image_path))
         except ImageError as error:
             message = str(error)
             print(f"error: {message if message.startswith(str(image_path)) else f'{image_path}: {message}'}",
                   file=sys.stderr, flush=True)
             failed += 1
             continue
+        top = reading.top(args.top)
         digit, probability = top[0]
+        verdict = judge(reading.probabilities, reading.image)  # a dot, a dash, a shoe: not a digit?
         results.append({"file": str(image_path), "digit": digit, "probability": probability,
-                        "top": [{"digit": d, "probability": p} for d, p in top]})
+                        "top": [{"digit": d, "probability": p} for d, p in top],
+                        "rejected": verdict.rejected, "reason": verdict.reason or None})
         if not args.json:
             others = "  " + ", ".join(f"{d} {p:.1%}" for d, p in top) if args.top > 1 else ""
-            print(f"{str(image_path):<{width}}  {digit:>5}  {probability:>11.1%}{others}", flush=True)
+            doubt = f"  not a digit? {verdict.reason}" if verdict.rejected else ""
+            print(f"{str(image_path):<{width}}  {digit:>5}  {probability:>11.1%}{others}{doubt}", flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
+
+
+def _add_export_command(commands) -> None:
+    parser = commands.add_parser(
+        "export", help="export a checkpoint to ONNX (fp32 or int8) for ONNX Runtime",
+        description="Write a checkpoint as an ONNX file that predict and evaluate run with ONNX Runtime. The "
+        "file's metadata keeps the normalisation, architecture, metrics and the checkpoint's other scalar "
+        "fields. onnx-int8 also quantizes it with ONNX Runtime's static int8 quantization, calibrated on "
+        "training images. An existing file is never replaced unless you pass --force.",
+    )
+    parser.add_argument("--model", type=Path, required=True, metavar="CHECKPOINT", help="the checkpoint to export")
+    parser.add_argument("--format", choices=("onnx", "onnx-int8"), default="onnx",
+                        help="onnx: fp32; onnx-int8: int8 weights and activations (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the .onnx file to write (default: models/export/<checkpoint name>.onnx, or "
+                        "<name>.int8.onnx for onnx-int8; models/smoke/export/ in smoke mode)")
+    parser.add_argument("--calibration", type=_positive_int, default=1000,
+                        help="training images that calibrate the int8 ranges, onnx-int8 only (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--compare", action="store_true",
+                        help="write nothing; print size, test accuracy, one-thread latency and throughput of fp32 and "
+                        "int8 in PyTorch and ONNX Runtime (the README's table; minutes for the full test set)")
+    parser.add_argument("--limit", type=_positive_int, default=None,
+                        help="with --compare, use the first N test images (default: all 10,000; 1,000 in smoke mode)")
+    parser.set_defaults(handler=_export)
+
+
+def _export(args) -> int:
+    from .config import models_dir
+    from .evaluation import file_size_mb
+    from .export import export_checkpoint
+
+    if args.compare:
+        return _compare_exports(args)
+    suffix = ".int8.onnx" if args.format == "onnx-int8" else ".onnx"
+    out = args.out or models_dir() / "export" / f"{args.model.stem}{suffix}"
+    written = export_checkpoint(args.model, out, args.format, args.force, args.calibration)
+    print(f"wrote {written} ({args.format}, {file_size_mb(written):.1f} MB from {args.model}, "
+          f"{file_size_mb(args.model):.1f} MB)")
+    return 0
+
+
+def _compare_exports(args) -> int:
+    import tempfile
+
+    from .export import compare_variants
+
+    limit = args.limit or (1000 if smoke_test() else None)
+    with tempfile.TemporaryDirectory() as folder:
+        rows = compare_variants(args.model, folder, limit, args.calibration, repeats=20 if smoke_test() else 200)
+    print(f"{'model':<7}{'variant':<19}{'size MB':>8}{'accuracy':>10}{'same as fp32':>13}{'latency ms':>11}"
+          f"{'speed-up':>9}{'forward ms':>11}{'speed-up':>9}{'images/s':>10}")
+    for row in rows:
+        print(f"{row.model:<7}{row.variant:<19}{row.size_mb:>8.1f}{row.accuracy:>10.2%}{row.agreement:>13.2%}"
+              f"{row.latency_ms:>11.2f}{rows[0].latency_ms / row.latency_ms:>8.2f}x{row.forward_ms:>11.2f}"
+              f"{rows[0].forward_ms / row.forward_ms:>8.2f}x{row.images_per_s:>10,.0f}")
+    print(f"{rows[0].model}: {limit or 'all'} test images; latency = preprocessing a 280x280 drawing + forward, "
+          "one thread, median of the best of 3 rounds (forward: that round's forward pass alone); "
+          "images/s = batches of 1,000, one thread, best round")
+    return 0
 
 
 def _number(kind, minimum: float, exclusive: bool, wording: str, maximum: float = math.inf):
@@ -514,7 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_data_command, _add_train_command, _add_models_command, _add_bench_command, _add_evaluate_command,
-        _add_predict_command,
+        _add_predict_command, _add_export_command,
     ):
         add(commands)
     return parser

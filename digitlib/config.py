@@ -68,6 +68,20 @@ def models_dir() -> Path:
     return repo_root() / "models" / ("smoke" if smoke_test() else "")
 
 
+#: The datasets' names (``digitlib.data.DATASETS`` describes each; listed here too so that the command
+#: line's --help needs no torch).
+DATASET_NAMES = ("mnist", "fashion")
+
+
+def dataset_models_dir(dataset: str = "mnist") -> Path:
+    """Where a dataset's checkpoints go: :func:`models_dir` for MNIST, ``models_dir()/<dataset>`` for the others.
+
+    A Fashion-MNIST model therefore never replaces, nor is taken for, the digit model that ``predict``
+    and the drawing pad load from ``models/``.
+    """
+    return models_dir() if dataset == "mnist" else models_dir() / dataset
+
+
 def figures_dir() -> Path:
     """Figures the notebooks save: ``$DIGITLIB_FIGURES`` or ``build/figures/``."""
     return Path(os.environ.get("DIGITLIB_FIGURES") or repo_root() / "build" / "figures")

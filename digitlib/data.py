@@ -1,7 +1,9 @@
-"""MNIST through torchvision: the files, checked; a stratified split; normalisation constants.
+"""MNIST and Fashion-MNIST through torchvision: the files, checked; a stratified split; normalisation constants.
 
-Images stay uint8 tensors in memory (55 MB for all 70,000: 70,000 × 28 × 28 bytes). Turning them
-into batches is ``loaders``' job; augmenting them is ``augment``'s.
+Both datasets have the same shape (60,000 + 10,000 grey 28 × 28 images, 10 classes, the same four
+IDX files), so every function takes a dataset name (:data:`DATASETS`: ``"mnist"``, ``"fashion"``)
+and defaults to MNIST. Images stay uint8 tensors in memory (55 MB for all 70,000: 70,000 × 28 × 28
+bytes). Turning them into batches is ``loaders``' job; augmenting them is ``augment``'s.
 
 Heavy packages (torchvision, scikit-learn, albumentations, OpenCV) are imported inside the
 functions that use them, so ``import digitlib.data`` costs little more than ``import torch``.
@@ -11,15 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import hashlib
 import math
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.error import URLError
 
 import numpy as np
@@ -27,9 +30,6 @@ import torch
 
 from .config import data_dir
 from .errors import DataError
-
-if TYPE_CHECKING:
-    pass
 
 #: The four original files and the md5s torchvision checks (equal to ``torchvision.datasets.MNIST.resources``,
 #: written out so that importing this module does not import torchvision; a test keeps the two in step).
@@ -39,6 +39,89 @@ MNIST_FILES: dict[str, str] = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
+
+#: Fashion-MNIST's four files (the same names as MNIST's) and torchvision's md5s
+#: (``torchvision.datasets.FashionMNIST.resources``; a test keeps the two in step).
+FASHION_FILES: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One dataset: its names, its classes, and where its files come from and go."""
+
+    name: str  # the library's and the command line's name: load_dataset(name), --dataset NAME
+    title: str  # how people write it
+    classes: tuple[str, ...]  # class names in label order: label k means classes[k]
+    torchvision_class: str  # torchvision.datasets.<this> reads it, from <data root>/<this>/raw
+    files: Mapping[str, str]  # the four original .gz files and torchvision's md5s
+    # md5 of each unzipped file, to recognise a copy of the originals that was compressed again (see copy_raw_files).
+    contents: Mapping[str, str]
+    local_copy: Path  # where `make data` copies the files from when that folder exists
+    local_copy_note: str = ""  # what puts them there, for messages
+
+    @property
+    def prepare_command(self) -> str:
+        """The command that makes this dataset ready, for messages."""
+        return "`make data`" if self.name == "mnist" else f"`python -m digitlib data --dataset {self.name}`"
+
+
+#: The datasets digitlib knows, by name. The unzipped md5s were measured on the files that torchvision's
+#: md5-checked downloads unzip to (for Fashion-MNIST also on Debian's copies: the same data).
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(
+        name="mnist", title="MNIST", classes=tuple(str(digit) for digit in range(10)), torchvision_class="MNIST",
+        files=MNIST_FILES,
+        contents={
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
+        local_copy=Path("../shared/mnist"),
+    ),
+    "fashion": DatasetInfo(
+        name="fashion", title="Fashion-MNIST",
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                 "Ankle boot"),
+        torchvision_class="FashionMNIST", files=FASHION_FILES,
+        contents={
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+        },
+        local_copy=Path("/usr/share/datasets/fashion-mnist"),
+        local_copy_note=" (Debian's package dataset-fashion-mnist)",
+    ),
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """``DATASETS[name]``, or a one-line :class:`DataError` that lists the known names."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}.") from None
+
+
+def class_names(dataset: str = "mnist") -> tuple[str, ...]:
+    """The dataset's class names in label order: ``"0"`` to ``"9"`` for MNIST, ``"T-shirt/top"`` ... for Fashion."""
+    return dataset_info(dataset).classes
+
+
+def dataset_of(info: Mapping) -> str:
+    """The dataset a checkpoint was trained on (``info["data"]["dataset"]``); "mnist" for one that does not say.
+
+    Checkpoints from before Fashion-MNIST, and stand-ins, record no dataset: they were all trained on MNIST.
+    """
+    data = info.get("data") if isinstance(info, Mapping) else None
+    name = data.get("dataset") if isinstance(data, Mapping) else None
+    return dataset_info(name).name if name is not None else "mnist"
 
 #: Seconds a download waits on each network operation (connect, each read) before giving up.
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -83,9 +166,9 @@ _NOT_WRITABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS}
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
-def raw_dir(root: str | os.PathLike | None = None) -> Path:
-    """The folder torchvision's MNIST reads: ``<root>/MNIST/raw``."""
-    return Path(root or data_dir()) / "MNIST" / "raw"
+def raw_dir(root: str | os.PathLike | None = None, dataset: str = "mnist") -> Path:
+    """The folder torchvision reads a dataset from: ``<root>/MNIST/raw``, ``<root>/FashionMNIST/raw``."""
+    return Path(root or data_dir()) / dataset_info(dataset).torchvision_class / "raw"
 
 
 def _md5(path: Path) -> str:
@@ -127,10 +210,10 @@ def _reason(error: OSError) -> str:
     return f"{reason}: {error.filename}" if error.filename else reason
 
 
-def _cannot_read(path: Path, error: OSError) -> DataError:
+def _cannot_read(path: Path, error: OSError, dataset: str = "mnist") -> DataError:
     return DataError(
         f"cannot read {path} ({error.strerror or type(error).__name__}): make it readable, or set DIGITLIB_DATA to "
-        "a folder whose MNIST/raw/ has the files."
+        f"a folder whose {dataset_info(dataset).torchvision_class}/raw/ has the files."
     )
 
 
@@ -146,35 +229,77 @@ def _cannot_write(folder: Path, error: OSError) -> DataError:
 
 
 def copy_mnist_files(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
-    """Copy the four original ``.gz`` files from ``source`` into ``<root>/MNIST/raw``.
+    """Copy the four original MNIST ``.gz`` files from ``source`` into ``<root>/MNIST/raw``: :func:`copy_raw_files`."""
+    return copy_raw_files(source, root, "mnist")
 
-    Files already there with the right checksum are left alone. Returns the paths in ``raw``.
+
+def copy_raw_files(
+    source: str | os.PathLike, root: str | os.PathLike | None = None, dataset: str = "mnist"
+) -> list[Path]:
+    """Copy a dataset's four original ``.gz`` files from ``source`` into its :func:`raw_dir`.
+
+    An archive with torchvision's md5 is copied as it is; torchvision unzips it. An archive that was
+    compressed again is unzipped here instead, if its data are the originals (the unzipped md5 in
+    :attr:`DatasetInfo.contents`): Debian's ``dataset-fashion-mnist`` strips the file name and date from
+    each gzip header, which changes the archives' md5s but not a byte of the data, and torchvision would
+    take such an archive for a broken download and fetch it again. Files already in place are left
+    alone, so a second call only reads checksums. Returns the archives or unzipped files in the raw folder.
     """
-    source, target = Path(source), raw_dir(root)
-    copied = []
+    info = dataset_info(dataset)
+    source, target = Path(source), raw_dir(root, dataset)
+    kept = []
     try:
         target.mkdir(parents=True, exist_ok=True)
-        for name, md5 in MNIST_FILES.items():
+        for name, md5 in info.files.items():
             src, dst = source / name, target / name
+            unzipped = target / name.removesuffix(".gz")
             if not src.exists():
                 raise DataError(
-                    f"{src} is missing: {source} should hold the four MNIST files {', '.join(MNIST_FILES)}."
+                    f"{src} is missing: {source} should hold the four {info.title} files {', '.join(info.files)}."
                 )
-            if not (dst.exists() and _md5(dst) == md5):
-                _copy_atomically(src, dst)
-            copied.append(dst)
+            if dst.exists() and _md5(dst) == md5:
+                kept.append(dst)
+            elif not dst.exists() and unzipped.exists() and _md5(unzipped) == info.contents[unzipped.name]:
+                kept.append(unzipped)
+            elif _md5(src) == md5:
+                _replace_atomically(dst, src)
+                kept.append(dst)
+            else:
+                data = _original_data(src, info)
+                _replace_atomically(unzipped, data)
+                dst.unlink(missing_ok=True)  # a damaged archive would stop loading; the unzipped data replace it
+                kept.append(unzipped)
     except OSError as error:
         if error.filename and Path(error.filename).parent == source:
-            raise _cannot_read(Path(error.filename), error) from None
+            raise _cannot_read(Path(error.filename), error, dataset) from None
         raise _cannot_write(target, error) from None
-    return copied
+    return kept
 
 
-def _copy_atomically(source: Path, target: Path) -> None:
-    """A half-copied file (disk full, Ctrl-C) never carries the real name, and its ``.part`` is removed."""
-    partial = target.with_suffix(".part")
+def _original_data(archive: Path, info: DatasetInfo) -> bytes:
+    """The unzipped content of ``archive`` if it is the original data, else a one-line DataError."""
+    unzipped_name = archive.name.removesuffix(".gz")
     try:
-        shutil.copyfile(source, partial)
+        data = gzip.decompress(archive.read_bytes())
+    except (gzip.BadGzipFile, EOFError, zlib.error):
+        data = None
+    if data is None or hashlib.md5(data, usedforsecurity=False).hexdigest() != info.contents[unzipped_name]:
+        raise DataError(
+            f"{archive} holds neither the original {info.title} file nor its data (both md5s differ from the "
+            "originals'): replace it with the original file."
+        )
+    return data
+
+
+def _replace_atomically(target: Path, content: Path | bytes) -> None:
+    """Write ``content`` (a file to copy, or bytes) under a ``.part`` name, then rename it: a half-written
+    file (disk full, Ctrl-C) never carries the real name, and its ``.part`` is removed."""
+    partial = target.with_name(target.name + ".part")
+    try:
+        if isinstance(content, bytes):
+            partial.write_bytes(content)
+        else:
+            shutil.copyfile(content, partial)
         partial.replace(target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -182,17 +307,18 @@ def _copy_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def idx_problem(path: str | os.PathLike) -> str | None:
-    """What is wrong with one unzipped MNIST file, or None when it is sound.
+def idx_problem(path: str | os.PathLike, dataset: str = "mnist") -> str | None:
+    """What is wrong with one unzipped MNIST or Fashion-MNIST file, or None when it is sound.
 
     Checks what torchvision would otherwise trip over with an AssertionError, or pass on to
     training: the IDX magic number, the dimensions (N, 28, 28) or (N,), the file size, and for
-    label files that every label is a digit 0..9. ``path``'s name says which of the four files it
-    must be. Reads the header only, plus the labels (60 KB at most).
+    label files that every label is a class 0..9. ``path``'s name says which of the four files it
+    must be (both datasets name them alike). Reads the header only, plus the labels (60 KB at most).
     """
     path = Path(path)
     layout = _UNZIPPED_LAYOUTS[path.name]
     kind = "images" if layout.is_images else "labels"
+    title = dataset_info(dataset).title
     size = path.stat().st_size
     if size < layout.header_bytes:
         return f"is truncated or corrupt ({size:,} bytes, expected {layout.size:,})"
@@ -200,7 +326,8 @@ def idx_problem(path: str | os.PathLike) -> str | None:
         header = np.frombuffer(file.read(layout.header_bytes), dtype=">u4")  # IDX: big-endian 32-bit integers
         magic, dims = int(header[0]), tuple(int(d) for d in header[1:])
         if magic != layout.magic:
-            return f"is not an MNIST {kind} file (magic number {magic}, expected {layout.magic})"
+            article = "an" if title.startswith("MNIST") else "a"  # "an em-nist", "a fashion-em-nist"
+            return f"is not {article} {title} {kind} file (magic number {magic}, expected {layout.magic})"
         expected_dims = (layout.count, IMAGE_SIDE, IMAGE_SIDE) if layout.is_images else (layout.count,)
         if dims != expected_dims:
             shown = " x ".join(f"{d:,}" for d in dims)
@@ -217,36 +344,37 @@ def idx_problem(path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_raw_files(root: str | os.PathLike | None = None) -> None:
-    """Fail with a clear message if a file in ``MNIST/raw`` is truncated, corrupt or unreadable.
+def check_raw_files(root: str | os.PathLike | None = None, dataset: str = "mnist") -> None:
+    """Fail with a clear message if a file in the dataset's raw folder is truncated, corrupt or unreadable.
 
     torchvision would otherwise try to re-download a bad ``.gz``, stop on an AssertionError for a
     bad header, or hand out labels that crash training. An unzipped file that is wrong but has a
     good ``.gz`` beside it is simply removed, so torchvision unzips it again.
     """
-    folder = raw_dir(root)
-    for name, md5 in MNIST_FILES.items():
+    info = dataset_info(dataset)
+    folder, remedy = raw_dir(root, dataset), info.prepare_command
+    for name, md5 in info.files.items():
         archive, unzipped = folder / name, folder / name.removesuffix(".gz")
         for path in (archive, unzipped):
             if path.exists() and not path.is_file():
-                raise DataError(f"{path} is not a file: remove it and run `make data`.")
+                raise DataError(f"{path} is not a file: remove it and run {remedy}.")
         try:
             archive_ok = archive.exists() and _md5(archive) == md5
         except OSError as error:
-            raise _cannot_read(archive, error) from None
+            raise _cannot_read(archive, error, dataset) from None
         if archive.exists() and not archive_ok:
             raise DataError(
                 f"{archive} is truncated or corrupt (its md5 is not the original's {md5}). "
-                "Delete it and run `make data`, or copy the original file there."
+                f"Delete it and run {remedy}, or copy the original file there."
             )
         try:
-            problem = idx_problem(unzipped) if unzipped.exists() else None
+            problem = idx_problem(unzipped, dataset) if unzipped.exists() else None
         except OSError as error:
-            raise _cannot_read(unzipped, error) from None
+            raise _cannot_read(unzipped, error, dataset) from None
         if problem is None:
             continue
         if not archive_ok:
-            raise DataError(f"{unzipped} {problem}. Delete it and run `make data`.")
+            raise DataError(f"{unzipped} {problem}. Delete it and run {remedy}.")
         try:
             unzipped.unlink()  # torchvision unzips it again from the good archive
         except OSError as error:
@@ -258,7 +386,7 @@ def _is_timeout(error: BaseException) -> bool:
     return isinstance(error, TimeoutError) or isinstance(reason, TimeoutError) or "timed out" in str(error)
 
 
-def _download_failure(folder: Path, error: BaseException, timeout_s: float) -> DataError:
+def _download_failure(folder: Path, error: BaseException, timeout_s: float, info: DatasetInfo) -> DataError:
     if _is_timeout(error):
         reason = f"no answer within {timeout_s:g} s; {DOWNLOAD_TIMEOUT_ENV} sets that limit"
     else:
@@ -266,9 +394,10 @@ def _download_failure(folder: Path, error: BaseException, timeout_s: float) -> D
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         reason = lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
     return DataError(
-        f"MNIST is not in {folder} and could not be downloaded ({reason}). "
-        f"Put the four original files there ({', '.join(MNIST_FILES)}): `make data` copies "
-        "them from ../shared/mnist/, or set DIGITLIB_DATA to a folder whose MNIST/raw/ has them."
+        f"{info.title} is not in {folder} and could not be downloaded ({reason}). "
+        f"Put the four original files there ({', '.join(info.files)}): {info.prepare_command} copies "
+        f"them from {info.local_copy}/{info.local_copy_note}, or set DIGITLIB_DATA to a folder whose "
+        f"{info.torchvision_class}/raw/ has them."
     )
 
 
@@ -277,32 +406,54 @@ def _download_failure(folder: Path, error: BaseException, timeout_s: float) -> D
 _NETWORK_ERRORS = (RuntimeError, URLError, TimeoutError, ConnectionError, socket.gaierror, socket.herror)
 
 
+def load_dataset(
+    name: str = "mnist",
+    train: bool = True,
+    root: str | os.PathLike | None = None,
+    download: bool = True,
+    timeout_s: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of a dataset's official train or test set.
+
+    ``name`` is a key of :data:`DATASETS`. Reads :func:`raw_dir` (root defaults to ``data/`` or
+    ``$DIGITLIB_DATA``); torchvision downloads only when the files are not there, waiting at most
+    ``timeout_s`` seconds (default :func:`download_timeout`) on each network operation.
+    """
+    import torchvision.datasets
+
+    info = dataset_info(name)
+    root = Path(root or data_dir())
+    folder = raw_dir(root, name)
+    check_raw_files(root, name)
+    timeout_s = download_timeout() if timeout_s is None else timeout_s
+    try:
+        with _socket_timeout(timeout_s):
+            dataset = getattr(torchvision.datasets, info.torchvision_class)(str(root), train=train, download=download)
+    except _NETWORK_ERRORS as error:
+        raise _download_failure(folder, error, timeout_s, info) from None
+    except OSError as error:
+        raise _cannot_write(folder, error) from None
+    return dataset.data, dataset.targets
+
+
 def load_mnist(
     train: bool = True,
     root: str | os.PathLike | None = None,
     download: bool = True,
     timeout_s: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of the official train or test set.
+    """MNIST's images and labels: ``load_dataset("mnist", ...)``."""
+    return load_dataset("mnist", train, root, download, timeout_s)
 
-    Reads ``<root>/MNIST/raw`` (root defaults to ``data/`` or ``$DIGITLIB_DATA``); torchvision
-    downloads only when the files are not there, waiting at most ``timeout_s`` seconds (default
-    :func:`download_timeout`) on each network operation.
+
+def available(dataset: str = "mnist", root: str | os.PathLike | None = None) -> bool:
+    """True when the raw folder holds all four files (archive or unzipped), so loading needs no download.
+
+    Says nothing about whether they are sound: loading checks that.
     """
-    from torchvision.datasets import MNIST
-
-    root = Path(root or data_dir())
-    folder = raw_dir(root)
-    check_raw_files(root)
-    timeout_s = download_timeout() if timeout_s is None else timeout_s
-    try:
-        with _socket_timeout(timeout_s):
-            dataset = MNIST(str(root), train=train, download=download)
-    except _NETWORK_ERRORS as error:
-        raise _download_failure(folder, error, timeout_s) from None
-    except OSError as error:
-        raise _cannot_write(folder, error) from None
-    return dataset.data, dataset.targets
+    folder = raw_dir(root, dataset)
+    return all((folder / name).is_file() or (folder / name.removesuffix(".gz")).is_file()
+               for name in dataset_info(dataset).files)
 
 
 def split_train_val(labels: torch.Tensor, val_fraction: float = 0.2, seed: int = 0):
@@ -324,7 +475,10 @@ def compute_normalization(images: torch.Tensor) -> tuple[float, float]:
 
 @dataclass
 class MnistSplits:
-    """The three sets as uint8 images and int64 labels, plus the training split's statistics."""
+    """The three sets as uint8 images and int64 labels, plus the training split's statistics.
+
+    (The name is older than Fashion-MNIST: ``dataset`` says which one the splits are of.)
+    """
 
     train_images: torch.Tensor
     train_labels: torch.Tensor
@@ -334,6 +488,12 @@ class MnistSplits:
     test_labels: torch.Tensor
     mean: float
     std: float
+    dataset: str = "mnist"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names in label order."""
+        return class_names(self.dataset)
 
 
 def load_splits(
@@ -342,15 +502,17 @@ def load_splits(
     train_limit: int | None = None,
     test_limit: int | None = None,
     root: str | os.PathLike | None = None,
+    dataset: str = "mnist",
 ) -> MnistSplits:
-    """Load MNIST, split the 60,000 training images 80/20, and compute normalisation.
+    """Load a dataset (MNIST by default), split the 60,000 training images 80/20, and compute normalisation.
 
     ``train_limit`` keeps a stratified subset of the training images before splitting and
-    ``test_limit`` the first test images: the smoke mode's small data.
+    ``test_limit`` the first test images: the smoke mode's small data. The mean and standard
+    deviation are the training split's own, so each dataset is normalised with its constants.
     """
     from sklearn.model_selection import train_test_split
 
-    images, labels = load_mnist(train=True, root=root)
+    images, labels = load_dataset(dataset, train=True, root=root)
     if train_limit is not None and train_limit < len(labels):
         keep, _ = train_test_split(
             np.arange(len(labels)), train_size=train_limit, stratify=labels.numpy(), random_state=seed
@@ -358,13 +520,13 @@ def load_splits(
         keep = torch.from_numpy(np.sort(keep))
         images, labels = images[keep], labels[keep]
     train_idx, val_idx = split_train_val(labels, val_fraction, seed)
-    test_images, test_labels = load_mnist(train=False, root=root)
+    test_images, test_labels = load_dataset(dataset, train=False, root=root)
     if test_limit is not None:
         test_images, test_labels = test_images[:test_limit], test_labels[:test_limit]
     mean, std = compute_normalization(images[train_idx])
     return MnistSplits(
         images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
-        test_images, test_labels, mean, std,
+        test_images, test_labels, mean, std, dataset_info(dataset).name,
     )
 
 
@@ -377,14 +539,15 @@ def prepare(
     source: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     timeout_s: float | None = None,
+    dataset: str = "mnist",
 ) -> Path:
-    """Make MNIST ready in ``<root>/MNIST/raw``: copy it from ``source`` if given, then load both sets once.
+    """Make a dataset ready in its :func:`raw_dir`: copy it from ``source`` if given, then load both sets once.
 
     Returns the raw folder. Used by ``make data`` (``python -m digitlib data``). ``timeout_s`` as in
-    :func:`load_mnist`.
+    :func:`load_dataset`.
     """
     if source is not None:
-        copy_mnist_files(source, root)
+        copy_raw_files(source, root, dataset)
     for train in (True, False):
-        load_mnist(train=train, root=root, timeout_s=timeout_s)
-    return raw_dir(root)
+        load_dataset(dataset, train=train, root=root, timeout_s=timeout_s)
+    return raw_dir(root, dataset)

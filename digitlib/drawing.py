@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .bench import torch_threads
+from .confidence import Verdict, judge
 from .preprocess import SIZE, preprocess
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
@@ -65,6 +66,11 @@ class Prediction:
     @property
     def confidence(self) -> float:
         return float(self.probabilities[self.digit])
+
+    @property
+    def verdict(self) -> Verdict:
+        """Whether this may not be a digit at all: ``dl.confidence.judge``, the rule ``predict`` applies too."""
+        return judge(self.probabilities, self.image)
 
 
 def load_models(
@@ -278,10 +284,17 @@ class DrawingPad:
             self.detail_label.value = ""
             image, probabilities = np.zeros((SIZE, SIZE), np.float32), np.zeros(10)
         else:
+            verdict = prediction.verdict
+            # A doubtful reading stays visible, greyed and questioned, instead of a confident wrong answer.
+            doubt = ('<span style="font-size:56px">?</span>', "color:#aaa;") if verdict.rejected else ("", "")
             self.digit_label.value = (
-                f'<div style="font-size:88px;font-weight:bold;line-height:100px">{prediction.digit}</div>'
+                f'<div style="font-size:88px;font-weight:bold;line-height:100px;{doubt[1]}">'
+                f"<span>{prediction.digit}</span>{doubt[0]}</div>"
             )
-            self.detail_label.value = f"{prediction.confidence:.0%} sure"
+            self.detail_label.value = (
+                f"<b>not sure this is a digit</b><br><small>{verdict.reason}</small>" if verdict.rejected
+                else f"{prediction.confidence:.0%} sure"
+            )
             image, probabilities = prediction.image, prediction.probabilities
         self.image_view.value = _png(image, scale=4)
         top = int(probabilities.argmax()) if prediction is not None else -1
@@ -340,3 +353,22 @@ class DrawingPad:
 
     def _clip(self, x: float, y: float) -> Point:
         return (min(max(float(x), 0.0), float(self.size)), min(max(float(y), 0.0), float(self.size)))
+
+
+APP_TITLE = "Handwritten digits"
+APP_EXPLANATION = (
+    "Draw a digit from 0 to 9 with the mouse: the models read it as you draw. The bars are their ten "
+    "probabilities, the small picture is the 28×28 image they saw."
+)
+
+
+def app(models: Mapping[str, PadModel | tuple[nn.Module, float, float]]) -> widgets.VBox:
+    """The drawing pad as a page of its own, what ``make app`` serves: a title, one line saying what
+    to do, and the pad (the same ``DrawingPad`` as notebook 05, laid out to fit a 1280×800 window)."""
+    pad = DrawingPad(models)  # its widgets' callbacks keep it alive as long as the page
+    pad.canvas.layout.margin = "0 0 6px"  # air between the pad and its buttons
+    header = widgets.HTML(
+        f'<h2 style="margin:0 0 4px">{APP_TITLE}</h2><div style="color:#555">{APP_EXPLANATION}</div>',
+        layout=widgets.Layout(margin="0 0 12px"),
+    )
+    return widgets.VBox([header, pad.widget], layout=widgets.Layout(padding="8px")).add_class("digitlib-app")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -183,10 +184,30 @@ def predict_image_ensemble(
 
     The picture is made MNIST-like once; each member normalises it with its own constants.
     """
-    digit = torch.from_numpy(to_mnist(image)).reshape(1, 1, SIZE, SIZE)
-    probabilities = torch.stack([model((digit - mean) / std)[0].exp() for model, mean, std in members]).mean(0)
-    values, digits = probabilities.topk(min(top, len(probabilities)))
-    return [(int(d), float(v)) for d, v in zip(digits, values, strict=True)]
+    return read_image(members, image).top(top)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one model or an ensemble made of one picture: all ten probabilities, and what it saw."""
+
+    probabilities: np.ndarray  # (10,) float32, the mean of the members' probabilities; sums to 1
+    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black: to_mnist of the picture
+
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        """The ``k`` most likely digits as (digit, probability), most likely first."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(digit), float(self.probabilities[digit])) for digit in order]
+
+
+@torch.inference_mode()
+def read_image(members: Sequence[tuple[nn.Module, float, float]], image) -> Reading:
+    """The probabilities that (model, mean, std) ``members`` give one picture (their mean for several), and
+    the MNIST-like picture they saw: what ``confidence.judge`` needs to tell whether it is a digit at all."""
+    picture = to_mnist(image)
+    digit = torch.from_numpy(picture).reshape(1, 1, SIZE, SIZE)
+    probabilities = torch.stack([model((digit - mean) / std)[0].float().exp() for model, mean, std in members])
+    return Reading(probabilities.mean(0).numpy(), picture)
 
 
 def as_drawing(image, side: int = 280) -> Image.Image:
@@ -210,20 +231,27 @@ def recorded_accuracy(info: dict) -> tuple[str, float] | None:
     return None
 
 
-def best_checkpoint(folder: str | os.PathLike | None = None, log: Callable[[str], None] | None = None) -> Path:
-    """The checkpoint in ``folder`` (default ``models_dir()``) with the highest recorded accuracy.
+def best_checkpoint(
+    folder: str | os.PathLike | None = None, log: Callable[[str], None] | None = None, dataset: str = "mnist"
+) -> Path:
+    """The checkpoint of ``dataset`` in ``folder`` with the highest recorded accuracy.
 
-    Test accuracy where recorded, else validation accuracy. Unreadable files are skipped, and
-    ``log`` is told which and why; raises :class:`CheckpointError` when none is usable.
+    ``folder`` defaults to ``dataset_models_dir(dataset)`` (``models/``, or ``models/fashion/``); its
+    subfolders are not searched. Test accuracy where recorded, else validation accuracy. Checkpoints
+    trained on another dataset are passed over: a Fashion-MNIST model never reads digits. Unreadable
+    files are skipped, and ``log`` is told which and why; raises :class:`CheckpointError` when none is usable.
     """
     from .checkpoints import read_checkpoint
-    from .config import models_dir
+    from .config import dataset_models_dir
+    from .data import dataset_info, dataset_of
 
-    folder = Path(folder) if folder is not None else models_dir()
+    info = dataset_info(dataset)
+    folder = Path(folder) if folder is not None else dataset_models_dir(info.name)
     scored = []
     for path in sorted(folder.glob("*.pt")):
         try:
-            recorded = recorded_accuracy(read_checkpoint(path))
+            checkpoint = read_checkpoint(path)
+            recorded = recorded_accuracy(checkpoint) if dataset_of(checkpoint) == info.name else None
         except DigitlibError as error:
             if log:
                 log(f"skipped {path}: {error}")
@@ -231,10 +259,11 @@ def best_checkpoint(folder: str | os.PathLike | None = None, log: Callable[[str]
         if recorded is not None:
             scored.append((recorded[1], path))
     if not scored:
-        raise CheckpointError(
-            f"no usable checkpoint in {folder}: train one with `python -m digitlib train` "
-            "(or run notebook 02), or pass --model PATH."
-        )
+        if info.name == "mnist":
+            what, train = "", "`python -m digitlib train` (or run notebook 02)"
+        else:
+            what, train = f"{info.title} ", f"`python -m digitlib train --dataset {info.name}`"
+        raise CheckpointError(f"no usable {what}checkpoint in {folder}: train one with {train}, or pass --model PATH.")
     return max(scored, key=lambda item: item[0])[1]
 
 

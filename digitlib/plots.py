@@ -3,7 +3,7 @@ Figure for a grid of images, so notebooks and tests can assert on it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,31 @@ def save_figure(figure: plt.Figure, name: str) -> Path:
     path = folder / f"{name}.png"
     figure.savefig(path, dpi=120, bbox_inches="tight")
     return path
+
+
+# --- class names -----------------------------------------------------------------------------------
+# Every function that labels classes takes ``classes``: the names in label order, e.g.
+# ``dl.data.class_names("fashion")``. Without it the labels themselves are shown, as digits.
+
+
+def _name(classes: Sequence[str] | None, label) -> str:
+    """How label ``label`` is written: ``classes[label]``, or the label itself."""
+    return str(label) if classes is None else str(classes[int(label)])
+
+
+def _kind(classes: Sequence[str] | None) -> str:
+    """What to call a class on an axis: "digit" for digits (no names, or names "0".."9"), else "class"."""
+    return "digit" if classes is None or all(str(name).isdigit() for name in classes) else "class"
+
+
+def _long(classes: Sequence[str] | None) -> bool:
+    """Names too long to sit side by side under bars or columns without turning them."""
+    return classes is not None and max(len(str(name)) for name in classes) > 3
+
+
+def _turn_xticks(ax: plt.Axes, classes: Sequence[str] | None) -> None:
+    if _long(classes):
+        plt.setp(ax.get_xticklabels(), rotation=35, ha="right", rotation_mode="anchor")
 
 
 # --- notebook 01: looking at the data ----------------------------------------------------------
@@ -62,34 +87,37 @@ def image_grid(images, titles=None, ncols: int = 10, cmap: str = "gray", size: f
     return figure
 
 
-def sample_grid(images, labels, per_class: int = 8, seed: int = 0) -> plt.Figure:
-    """``per_class`` random examples of every digit, one row per class; returns the Figure."""
+def sample_grid(images, labels, per_class: int = 8, seed: int = 0, classes: Sequence[str] | None = None) -> plt.Figure:
+    """``per_class`` random examples of every class, one row per class, named by ``classes``; returns the Figure."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    chosen = [rng.choice(np.flatnonzero(labels == digit), per_class, replace=False) for digit in classes]
+    present = np.unique(labels)
+    chosen = [rng.choice(np.flatnonzero(labels == label), per_class, replace=False) for label in present]
     figure = image_grid([images[int(i)] for i in np.concatenate(chosen)], ncols=per_class)
-    for row, digit in enumerate(classes):
-        figure.axes[row * per_class].set_ylabel(str(digit), rotation=0, labelpad=10, fontsize=12, va="center")
+    for row, label in enumerate(present):
+        figure.axes[row * per_class].set_ylabel(_name(classes, label), rotation=0, labelpad=10, ha="right",
+                                                fontsize=10 if _long(classes) else 12, va="center")
     return figure
 
 
-def class_balance(labels_by_split: dict, ax: plt.Axes | None = None) -> plt.Axes:
-    """Share of each digit (%) in every split, as grouped bars; returns the Axes.
+def class_balance(labels_by_split: dict, ax: plt.Axes | None = None, classes: Sequence[str] | None = None) -> plt.Axes:
+    """Share of each class (%) in every split, as grouped bars; returns the Axes.
 
-    ``labels_by_split`` maps a split's name to its labels, e.g. ``{"train": ..., "test": ...}``.
+    ``labels_by_split`` maps a split's name to its labels, e.g. ``{"train": ..., "test": ...}``;
+    ``classes`` names the labels.
     """
     ax = ax or plt.subplots(figsize=(9, 3.5))[1]
-    digits, shares, splits = [], [], []
+    names, shares, splits = [], [], []
     for name, labels in labels_by_split.items():
         labels = np.asarray(labels)
-        counts = np.bincount(labels, minlength=10)
-        digits += list(range(len(counts)))
+        counts = np.bincount(labels, minlength=10 if classes is None else len(classes))
+        names += [_name(classes, label) for label in range(len(counts))]
         shares += list(100 * counts / len(labels))
         splits += [f"{name} ({len(labels):,})"] * len(counts)
-    sns.barplot(x=digits, y=shares, hue=splits, ax=ax)
+    sns.barplot(x=names, y=shares, hue=splits, ax=ax)
     ax.axhline(100 / 10, color="black", linewidth=0.8, linestyle="--")
-    ax.set(xlabel="digit", ylabel="share of the split (%)", title="Class balance")
+    ax.set(xlabel=_kind(classes), ylabel="share of the split (%)", title="Class balance")
+    _turn_xticks(ax, classes)
     # Outside, right of the axes: every digit has bars up to the top, so no corner inside is free.
     ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return ax
@@ -120,30 +148,35 @@ def pixel_histogram(images, ax: plt.Axes | None = None, bin_width: int = 8) -> p
     return ax
 
 
-def ink_by_class(images, labels, ax: plt.Axes | None = None) -> plt.Axes:
-    """Distribution of each image's mean pixel value (its "ink"), one violin per digit; returns the Axes."""
+def ink_by_class(images, labels, ax: plt.Axes | None = None, classes: Sequence[str] | None = None) -> plt.Axes:
+    """Distribution of each image's mean pixel value (its "ink"), one violin per class; returns the Axes."""
     ax = ax or plt.subplots(figsize=(6, 3.5))[1]
-    images = np.asarray(images)
+    images, labels = np.asarray(images), np.asarray(labels)
     ink = images.reshape(len(images), -1).mean(axis=1) / 255
-    sns.violinplot(x=np.asarray(labels), y=ink, ax=ax, color="tab:blue", inner="quartile", cut=0)
-    ax.set(xlabel="digit", ylabel="mean pixel value (0..1)", title="Ink per image")
+    order = [_name(classes, label) for label in np.unique(labels)]
+    sns.violinplot(x=[_name(classes, label) for label in labels], y=ink, order=order, ax=ax, color="tab:blue",
+                   inner="quartile", cut=0)
+    ax.set(xlabel=_kind(classes), ylabel="mean pixel value (0..1)", title="Ink per image")
+    _turn_xticks(ax, classes)
     return ax
 
 
-def mean_digits(class_means, ncols: int = 10) -> plt.Figure:
+def mean_digits(class_means, ncols: int = 10, classes: Sequence[str] | None = None) -> plt.Figure:
     """The mean image of each class on one shared colour scale, titled by class; returns the Figure."""
     class_means = [_as_array(mean) for mean in class_means]
     top = max(float(mean.max()) for mean in class_means)
-    return image_grid(class_means, [str(digit) for digit in range(len(class_means))], ncols,
+    return image_grid(class_means, [_name(classes, label) for label in range(len(class_means))], ncols,
                       cmap="magma", size=1.3, vmin=0, vmax=top)
 
 
 def embedding_scatter(points, labels, ax: plt.Axes | None = None, title: str | None = None,
-                      fontsize: float = 14) -> plt.Axes:
-    """A 2-D embedding coloured by class, each digit written near its cluster's median; returns the Axes.
+                      fontsize: float = 14, classes: Sequence[str] | None = None) -> plt.Axes:
+    """A 2-D embedding coloured by class, each label written near its cluster's median; returns the Axes.
 
     Labels whose medians lie close together are pushed apart (:func:`spread_labels`) and joined
     to their median by a thin line; a white outline keeps them readable on top of the points.
+    With ``classes`` the clusters still carry their label number (names would cover each other)
+    and the legend says which class each number is.
     """
     from matplotlib import patheffects
 
@@ -153,8 +186,11 @@ def embedding_scatter(points, labels, ax: plt.Axes | None = None, title: str | N
                     legend="full", ax=ax)
     ax.set(xticks=[], yticks=[], title=title)
     # Outside the axes, so it covers neither points nor labels.
-    ax.legend(title="digit", fontsize=7, title_fontsize=8, markerscale=1.5, loc="upper left",
-              bbox_to_anchor=(1.01, 1.0), frameon=False)
+    handles, legend_labels = ax.get_legend_handles_labels()
+    if classes is not None:
+        legend_labels = [f"{label}  {_name(classes, label)}" for label in legend_labels]
+    ax.legend(handles, legend_labels, title=_kind(classes), fontsize=7, title_fontsize=8, markerscale=1.5,
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.autoscale_view()  # the limits are final before the labels are placed in pixels
     digits = np.unique(labels)
     medians = np.array([np.median(points[labels == digit], axis=0) for digit in digits])
@@ -345,19 +381,22 @@ def per_class_range(*values, percent: bool = True) -> tuple[float, float]:
 
 def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None, ylabel: str = "accuracy",
                    class_names=None, percent: bool = True, reference: float | None = None,
-                   reference_label: str = "overall", ylim: tuple[float, float] | None = None) -> plt.Axes:
+                   reference_label: str = "overall", ylim: tuple[float, float] | None = None,
+                   classes: Sequence[str] | None = None) -> plt.Axes:
     """One labelled bar per class (e.g. per-class accuracy), the weakest class highlighted; returns the Axes.
 
     With ``percent`` the values are fractions shown as percentages. The y axis is
     :func:`per_class_range` of ``values`` unless ``ylim`` is given (the same range for panels
     side by side); each bar carries its value, written inside its top so the axis can end at
-    100 %. ``reference`` draws a dashed line, e.g. the overall accuracy.
+    100 %. ``reference`` draws a dashed line, e.g. the overall accuracy. ``classes`` names the
+    bars (``class_names`` is its older name).
     """
     from matplotlib.ticker import PercentFormatter
 
     ax = ax or plt.subplots(figsize=(8, 3.5))[1]
     values = np.asarray(values, dtype=float)
-    names = [str(name) for name in (class_names if class_names is not None else range(len(values)))]
+    classes = classes if classes is not None else class_names
+    names = [str(name) for name in (classes if classes is not None else range(len(values)))]
     if len(names) != len(values):
         raise ValueError(f"{len(values)} values but {len(names)} class names")
     colors = ["tab:blue"] * len(values)
@@ -374,19 +413,22 @@ def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None,
     if percent:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set(xlabel="class", ylabel=ylabel, title=title)
+    _turn_xticks(ax, classes)
     return ax
 
 
 # --- Evaluation (notebook 04) -------------------------------------------------------------------
 
 
-def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
-    """A confusion matrix (rows: true digit, columns: prediction) as an annotated seaborn heatmap.
+def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = None,
+                      classes: Sequence[str] | None = None) -> plt.Axes:
+    """A confusion matrix (rows: true class, columns: prediction) as an annotated seaborn heatmap.
 
     Counts are written as whole numbers on one colour scale. A row-normalised matrix (floats) is
     written in percent, its diagonal (the correct answers) in neutral grey and its mistakes on a
     colour scale of their own that ends at the largest mistake, so a 1 % confusion shows instead
-    of vanishing next to a 99 % diagonal. Cells that are exactly 0 stay blank in both.
+    of vanishing next to a 99 % diagonal. Cells that are exactly 0 stay blank in both. ``classes``
+    names the rows and columns.
     """
     from matplotlib.colors import ListedColormap
 
@@ -395,8 +437,9 @@ def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = No
         _, ax = plt.subplots(figsize=(6.5, 5.5))
     normalised = np.issubdtype(matrix.dtype, np.floating)
     labels = np.vectorize(lambda value: f"{value:.1%}" if normalised else f"{value:d}")(matrix)
+    names = [_name(classes, label) for label in range(matrix.shape[0])]
     common = {"ax": ax, "annot": labels, "fmt": "", "square": True, "cbar": False,
-              "annot_kws": {"fontsize": 7 if normalised else 8}}
+              "annot_kws": {"fontsize": 7 if normalised else 8}, "xticklabels": names, "yticklabels": names}
     diagonal = np.eye(*matrix.shape) > 0
     if normalised:
         mistakes = matrix[~diagonal]
@@ -407,18 +450,24 @@ def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = No
     else:
         sns.heatmap(matrix, mask=matrix == 0, cmap="Blues", vmin=0, **common)
     ax.set(xlabel="predicted", ylabel="true", title=title or ("row-normalised" if normalised else "counts"))
+    _turn_xticks(ax, classes)
+    plt.setp(ax.get_yticklabels(), rotation=0)
     return ax
 
 
-def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> plt.Figure:
-    """The first ``limit`` rows of :func:`digitlib.evaluation.misclassified` as a grid of digits.
+def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24,
+                          classes: Sequence[str] | None = None) -> plt.Figure:
+    """The first ``limit`` rows of :func:`digitlib.evaluation.misclassified` as a grid of images.
 
-    Digits are white on black like every other MNIST figure. Each title reads ``true → predicted``
-    and the two most likely digits with their probabilities.
+    Images are white on black like every other MNIST figure. Each title reads ``true → predicted``
+    and the two most likely classes with their probabilities, named by ``classes`` (long names get
+    wider cells and a line each).
     """
     rows = mistakes.head(limit)
     nrows = max(1, -(-len(rows) // ncols))
-    figure, axes = plt.subplots(nrows, ncols, figsize=(1.45 * ncols, 1.75 * nrows), squeeze=False)
+    long = _long(classes)
+    width, height = (1.9, 2.05) if long else (1.45, 1.75)
+    figure, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     # A grid has nrows * ncols cells, usually more than mistakes: the spare cells stay blank.
@@ -426,11 +475,10 @@ def misclassified_gallery(images, mistakes, ncols: int = 8, limit: int = 24) -> 
         image = _as_array(images[row.index])
         scale = {"vmin": 0, "vmax": 255} if image.dtype == np.uint8 else {}
         ax.imshow(image, cmap="gray", **scale)
-        ax.set_title(
-            f"{row.true} → {row.predicted}\n"
-            f"{row.predicted}: {row.probability:.0%}  {row.second}: {row.second_probability:.0%}",
-            fontsize=8, color="firebrick",
-        )
+        true, predicted, second = (_name(classes, label) for label in (row.true, row.predicted, row.second))
+        odds = (f"{predicted}: {row.probability:.0%}\n{second}: {row.second_probability:.0%}" if long
+                else f"{predicted}: {row.probability:.0%}  {second}: {row.second_probability:.0%}")
+        ax.set_title(f"{true} → {predicted}\n{odds}", fontsize=7.5 if long else 8, color="firebrick")
     return figure
 
 
@@ -522,3 +570,27 @@ def _layer_label(module) -> str:
         return f"{name} {module.conv1.in_channels}→{module.conv2.out_channels}" + (
             f", stride {module.conv1.stride[0]}" if module.conv1.stride[0] > 1 else "")
     return name
+
+
+# --- notebook 07: how far to trust a prediction -------------------------------------------------
+
+
+def reliability_diagram(bins, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:
+    """Accuracy against confidence per bin (``dl.confidence.reliability``'s result), with the diagonal a
+    calibrated model would follow; each bar is labelled with its number of predictions, because with
+    a 99 % accurate model nearly all of them sit in the last bin and the others rest on a few images."""
+    ax = ax if ax is not None else plt.subplots(figsize=(4.2, 4))[1]
+    lower, width = bins.edges[:-1], np.diff(bins.edges)
+    filled = bins.counts > 0
+    ax.bar(lower[filled], bins.accuracy[filled], width=width[filled], align="edge", color="#4c72b0",
+           edgecolor="white", label="accuracy")
+    ax.bar(lower[filled], bins.confidence[filled] - bins.accuracy[filled], bottom=bins.accuracy[filled],
+           width=width[filled], align="edge", color="#dd8452", alpha=0.45, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="calibrated")
+    for left, step, count, accuracy in zip(lower[filled], width[filled], bins.counts[filled],
+                                          bins.accuracy[filled], strict=True):
+        ax.text(left + step / 2, min(accuracy, 0.9) + 0.03, f"{count:,}", ha="center", fontsize=7, rotation=90)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence (top probability)", ylabel="accuracy",
+           title=title or f"ECE {bins.ece:.2%}")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax

@@ -466,35 +466,52 @@ def load_or_train(
     train_limit: int = 6000,
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = print,
+    dataset: str = "mnist",
 ):
     """(model in eval mode, checkpoint info) for notebooks 03-05 and the drawing pad.
 
-    Loads ``path``, by default the fully trained ``models_dir()/<arch>.pt``. When no path is
-    given and that file does not exist, uses a small stand-in instead, kept apart in
-    ``models_dir()/standin/<arch>.pt`` so it is never taken for the full model: trained once
-    (``train_limit`` images, ``epochs``, no augmentation: about a minute on a CPU) and then
-    reused. ``info["standin"]`` is True for it, and ``log`` says so.
+    Loads ``path``, by default the fully trained ``<arch>.pt`` in ``dataset_models_dir(dataset)``
+    (``models/``, or ``models/fashion/``). When no path is given and that file does not exist, uses
+    a small stand-in instead, kept apart in ``standin/<arch>.pt`` there so it is never taken for the
+    full model: trained once (``train_limit`` images, ``epochs``, no augmentation: about a minute on a
+    CPU) and then reused. ``info["standin"]`` is True for it, and ``log`` says so. A checkpoint
+    trained on another dataset than ``dataset`` is refused.
     """
-    from .checkpoints import load_checkpoint
-    from .config import models_dir
-    from .data import load_splits
+    from .config import dataset_models_dir
+    from .data import dataset_info, load_splits
     from .loaders import make_loaders
     from .models import build_model
 
-    full = models_dir() / f"{arch}.pt"
+    folder = dataset_models_dir(dataset_info(dataset).name)
+    full = folder / f"{arch}.pt"
     if path is not None or full.exists():
-        return load_checkpoint(path if path is not None else full, device=pick_device(device), arch=arch)
-    standin = models_dir() / "standin" / f"{arch}.pt"
+        return _load_for(dataset, path if path is not None else full, device, arch)
+    standin = folder / "standin" / f"{arch}.pt"
     if log:
         log(f"no fully trained {arch} at {full}: using a small stand-in ({train_limit:,} images, {epochs} epochs), "
             f"{'trained just now' if not standin.exists() else 'trained earlier'} at {standin}")
     if not standin.exists():
         seed_everything(0)
-        splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000)
+        splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000, dataset=dataset)
         train_loader, val_loader, _ = make_loaders(splits, batch_size=64, augment="none", device=pick_device(device))
         fit(
             build_model(arch), train_loader, val_loader, epochs, device=device, checkpoint=standin,
-            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0, "standin": True},
+            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0, "standin": True,
+                      "data": {"dataset": dataset, "train_limit": train_limit, "augment": "none"}},
             progress=False, log=None,
         )
-    return load_checkpoint(standin, device=pick_device(device), arch=arch)
+    return _load_for(dataset, standin, device, arch)
+
+
+def _load_for(dataset: str, path: str | os.PathLike, device, arch: str):
+    """load_checkpoint, refusing a checkpoint trained on another dataset (old ones without a record are MNIST's)."""
+    from .checkpoints import load_checkpoint
+    from .data import dataset_info, dataset_of
+
+    model, info = load_checkpoint(path, device=pick_device(device), arch=arch)
+    trained_on = dataset_of(info)
+    if trained_on != dataset:
+        wanted = dataset_info(dataset).title
+        raise CheckpointError(f"{path} was trained on {dataset_info(trained_on).title}, not {wanted}: "
+                              f"pass a checkpoint trained on {wanted}")
+    return model, info

@@ -109,7 +109,8 @@ def test_predict_json(good_images, trained_checkpoints, capsys):
     results = json.loads(out)
     assert [result["file"] for result in results] == [str(path) for path in good_images]
     for result, label in zip(results, good_images.values(), strict=True):
-        assert set(result) == {"file", "digit", "probability", "top"}
+        assert set(result) == {"file", "digit", "probability", "top", "rejected", "reason"}
+        assert result["rejected"] is False and result["reason"] is None  # clear digits (test_confidence: a dot)
         assert result["digit"] == label and 0 < result["probability"] <= 1
         assert result["top"] == [{"digit": result["digit"], "probability": result["probability"]}]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
 import pathlib
@@ -117,6 +118,33 @@ def test_missing_files_that_cannot_be_downloaded_say_where_and_what_to_do(tmp_pa
 def test_mnist_files_match_torchvision():
     # MNIST_FILES is written out so that importing digitlib.data does not import torchvision.
     assert dl.data.MNIST_FILES == dict(torchvision.datasets.MNIST.resources)
+    assert dl.data.DATASETS["mnist"].files is dl.data.MNIST_FILES
+
+
+def test_the_unzipped_md5s_are_those_of_the_original_archives():
+    # DatasetInfo.contents recognises a re-compressed copy; it must be what the md5-checked archives hold.
+    contents = dl.data.DATASETS["mnist"].contents
+    for name in dl.data.MNIST_FILES:
+        data = gzip.decompress((PROJECT_RAW / name).read_bytes())
+        assert hashlib.md5(data).hexdigest() == contents[name.removesuffix(".gz")], name
+
+
+def test_a_recompressed_archive_is_unzipped_by_the_copy_and_loads(tmp_path):
+    # Another gzip header (no file name, another date) changes an archive's md5 but not its data: the
+    # copy unzips it itself (torchvision would discard it and download again), and a damaged archive left
+    # in the target is replaced by the good data.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in dl.data.MNIST_FILES:
+        (source / name).write_bytes(gzip.compress(gzip.decompress((PROJECT_RAW / name).read_bytes()), mtime=0))
+    raw = dl.data.raw_dir(tmp_path / "root")
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"half a download")
+    kept = dl.data.copy_mnist_files(source, tmp_path / "root")
+    assert sorted(path.name for path in kept) == sorted(UNZIPPED) == sorted(path.name for path in raw.iterdir())
+    images, labels = dl.data.load_mnist(train=False, root=tmp_path / "root", download=False)
+    expected_images, expected_labels = dl.data.load_mnist(train=False)
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
 def test_every_network_failure_is_reported_with_its_reason(tmp_path, monkeypatch, no_proxy):
@@ -384,7 +412,7 @@ def test_an_unreadable_file_says_so(tmp_path, monkeypatch):
     raw = copy_archives(tmp_path)
     shutil.copyfile(PROJECT_RAW / "t10k-images-idx3-ubyte", raw / "t10k-images-idx3-ubyte")
 
-    def refuse(path):
+    def refuse(path, dataset="mnist"):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(dl.data, "idx_problem", refuse)   # chmod 000 does not stop root

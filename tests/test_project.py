@@ -15,6 +15,7 @@ from digitlib.config import repo_root
 
 ROOT = repo_root()
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOLUTIONS = ROOT / "notebooks" / "solutions"
 
 
 def _requirements(lines) -> dict[str, str]:
@@ -54,13 +55,46 @@ def _source(cell) -> str:
     return source if isinstance(source, str) else "".join(source)
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+@pytest.mark.parametrize("path", NOTEBOOKS + sorted(SOLUTIONS.glob("*.ipynb")),
+                         ids=lambda path: path.relative_to(ROOT / "notebooks").as_posix())
 def test_committed_notebook_has_no_outputs(path):
     dirty = [
         index for index, cell in enumerate(_cells(path))
         if cell["cell_type"] == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)
     ]
     assert not dirty, f"{path.name}: cells {dirty} carry outputs or execution counts; clear them before committing"
+
+
+def _exercise_count(path) -> int:
+    """How many numbered exercises the notebook's '## Exercises' section lists (0 without one)."""
+    markdown = "\n".join(_source(cell) for cell in _cells(path) if cell["cell_type"] == "markdown")
+    if "## Exercises" not in markdown:
+        return 0
+    section = re.split(r"^## ", markdown.split("## Exercises", 1)[1], flags=re.MULTILINE)[0]
+    return len(re.findall(r"^\d+\. ", section, flags=re.MULTILINE))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
+def test_exercises_have_a_worked_solution_each(path):
+    exercises = _exercise_count(path)
+    solution = SOLUTIONS / path.name
+    assert exercises == 0 or solution.exists(), (
+        f"{path.name} has {exercises} exercises but no notebooks/solutions/{path.name}: add one, a section per exercise"
+    )
+    if not solution.exists():
+        return
+    cells = _cells(solution)
+    markdown = [_source(cell) for cell in cells if cell["cell_type"] == "markdown"]
+    assert markdown and re.match(rf"# {path.name[:2]} · Solutions", markdown[0]), (
+        f"solutions/{path.name}: the first cell should start with '# {path.name[:2]} · Solutions: ...'"
+    )
+    assert any("dl.smoke_test()" in _source(cell) for cell in cells if cell["cell_type"] == "code"), (
+        f"solutions/{path.name}: no parameters cell calls dl.smoke_test()"
+    )
+    sections = [line for source in markdown for line in source.splitlines() if re.match(r"## \d+\.", line)]
+    assert len(sections) == exercises, (
+        f"solutions/{path.name} has {len(sections)} numbered sections for the {exercises} exercises of {path.name}"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda path: path.name)
