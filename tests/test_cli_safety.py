@@ -220,7 +220,7 @@ def test_top_is_at_most_ten(capsys, tmp_path):
 
 
 def test_ctrl_c_outside_training_is_one_line(monkeypatch, capsys):
-    def interrupted(source=None, root=None):
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dl.data, "prepare", interrupted)
