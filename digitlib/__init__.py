@@ -26,16 +26,16 @@ __version__ = "0.2.0"
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 _SUBMODULES = (
-    "augment", "bench", "checkpoints", "data", "drawing", "evaluation", "loaders", "models", "plots",
-    "preprocess", "training", "confidence", "explain",
-    "export",
+    "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
+    "loaders", "models", "plots", "preprocess", "training",
 )
 
 __all__ = [
     "CheckpointError", "DataError", "DigitlibError", "ImageError", "__version__",
     "data_dir", "figures_dir", "models_dir", "smoke_test",
-    "augment", "bench", "checkpoints", "data", "drawing", "evaluation", "loaders", "models", "plots",
-    "preprocess", "training",
+    # The submodules, written out (not *_SUBMODULES) so that linters and editors can read the list.
+    "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
+    "loaders", "models", "plots", "preprocess", "training",
 ]
 
 if TYPE_CHECKING:
@@ -43,9 +43,12 @@ if TYPE_CHECKING:
         augment,
         bench,
         checkpoints,
+        confidence,
         data,
         drawing,
         evaluation,
+        explain,
+        export,
         loaders,
         models,
         plots,

@@ -14,7 +14,7 @@ import pickle
 import platform
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, NamedTuple, cast
 
@@ -91,19 +91,26 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, state_dict: dict 
 
 
 def _atomic_save(payload: dict, path: Path) -> None:
+    atomic_write(path, lambda file: torch.save(payload, file))
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a model file with ``write(file)`` under a temporary name beside ``path``, then rename it over
+    ``path``: an interruption or a full disk leaves the old file (or none), never half a new one."""
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a checkpoint is not
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a model file is not
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

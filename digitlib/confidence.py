@@ -96,17 +96,20 @@ def verdicts(
         raise ValueError(f"{len(probabilities)} probability rows but {len(shapes)} images")
     results = []
     for shape, top, digit in zip(shapes, confidence.tolist(), digits.tolist(), strict=True):
-        if shape is not None and shape.ink > max_ink:
-            reason = f"a blob, not strokes ({shape.ink:.0%} of the picture is ink; digits stay under {max_ink:.0%})"
-        elif shape is not None and shape.height_to_width < min_height_to_width:
-            reason = "wider than tall: a dash, or more than one digit?"
-        elif top < min_confidence:
+        reason = _shape_reason(shape, max_ink, min_height_to_width) if shape is not None else None
+        if reason is None and top < min_confidence:
             reason = f"unsure: {top:.0%} for {digit} (below {min_confidence:.0%})"
-        else:
-            results.append(Verdict(False, ""))
-            continue
-        results.append(Verdict(True, reason))
+        results.append(Verdict(reason is not None, reason or ""))
     return results
+
+
+def _shape_reason(shape: Shape, max_ink: float, min_height_to_width: float) -> str | None:
+    """Why the shape alone says "not a digit", or None when it looks like one."""
+    if shape.ink > max_ink:
+        return f"a blob, not strokes ({shape.ink:.0%} of the picture is ink; digits stay under {max_ink:.0%})"
+    if shape.height_to_width < min_height_to_width:
+        return "wider than tall: a dash, or more than one digit?"
+    return None
 
 
 def judge(probabilities, image: np.ndarray | None = None, **thresholds: float) -> Verdict:
@@ -123,8 +126,8 @@ def judge(probabilities, image: np.ndarray | None = None, **thresholds: float) -
 
 def shape_rejected(images, max_ink: float = MAX_INK, min_height_to_width: float = MIN_HEIGHT_TO_WIDTH) -> np.ndarray:
     """A boolean per picture (N, 28, 28): does the shape check alone reject it?"""
-    shapes = [shape_of(image) for image in images]
-    return np.array([s.ink > max_ink or s.height_to_width < min_height_to_width for s in shapes], dtype=bool)
+    return np.array([_shape_reason(shape_of(image), max_ink, min_height_to_width) is not None for image in images],
+                    dtype=bool)
 
 
 def confidence_threshold(confidences: np.ndarray, already_rejected: np.ndarray, budget: float) -> float:

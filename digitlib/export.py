@@ -168,8 +168,6 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     torch 2.14's exporter captures the model with ``torch.export`` and translates it with onnxscript.
     The file is written next to ``out`` and renamed over it, so an interruption leaves no half file.
     """
-    import onnx
-
     model = copy.deepcopy(model).cpu().eval()
     example = torch.zeros(2, 1, 28, 28)  # batch 2: a batch of 1 would be specialised to a constant
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -181,7 +179,7 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
     _attach_metadata(proto, onnx_metadata(info, quantization="none"))
-    return _atomic_write(Path(out), lambda tmp: onnx.save_model(proto, tmp))
+    return _write_onnx(proto, Path(out))
 
 
 def quantize_onnx(
@@ -219,21 +217,18 @@ def quantize_onnx(
         )
         proto = onnx.load(quantized)
     _attach_metadata(proto, metadata)
-    return _atomic_write(out, lambda tmp: onnx.save_model(proto, tmp))
+    return _write_onnx(proto, out)
 
 
-def _atomic_write(path: Path, write) -> Path:
+def _write_onnx(proto, path: Path) -> Path:
+    """``proto`` saved at ``path`` atomically (``checkpoints.atomic_write``), its folder made if needed.
+
+    The model is serialised in one piece, as ``onnx.save_model`` does for files under 2 GB (ours are a few MB).
+    """
+    from .checkpoints import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda file: file.write(proto.SerializeToString()))
 
 
 def export_checkpoint(
@@ -246,6 +241,7 @@ def export_checkpoint(
     or whose name does not end in ``.onnx`` (what ``predict`` and ``evaluate`` recognise).
     """
     from .checkpoints import load_checkpoint, normalization
+    from .data import dataset_of
 
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in ONNX_FORMATS:
@@ -265,8 +261,8 @@ def export_checkpoint(
     mean, std = normalization(info, checkpoint)
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = export_onnx(model, info, Path(scratch) / "fp32.onnx")
-        dataset = (info.get("data") or {}).get("dataset") or "mnist"
-        return quantize_onnx(fp32, out, calibration_images(mean, std, calibration_count, dataset=dataset))
+        calibration = calibration_images(mean, std, calibration_count, dataset=dataset_of(info))
+        return quantize_onnx(fp32, out, calibration)
 
 
 # --- Loading -------------------------------------------------------------------------------------
@@ -404,13 +400,13 @@ def compare_variants(
     PyTorch/ONNX Runtime) on the first ``test_limit`` test images (default all): :func:`measure_variants`.
     """
     from .checkpoints import load_checkpoint, normalization
-    from .data import load_dataset
+    from .data import dataset_of, load_dataset
     from .evaluation import file_size_mb
 
     checkpoint, folder = Path(checkpoint), Path(folder)
     model, info = load_checkpoint(checkpoint)
     mean, std = normalization(info, checkpoint)
-    dataset = (info.get("data") or {}).get("dataset") or "mnist"
+    dataset = dataset_of(info)
     calibration = calibration_images(mean, std, calibration_count, dataset=dataset)
     fp32_onnx = export_onnx(model, {**info, "source": checkpoint.name}, folder / f"{checkpoint.stem}.onnx")
     int8_onnx = quantize_onnx(fp32_onnx, folder / f"{checkpoint.stem}.int8.onnx", calibration)

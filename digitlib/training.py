@@ -137,7 +137,11 @@ def train_step(
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
-    for x, y in tqdm(loader, desc="train", leave=False, disable=not progress):
+    # One pass, started here: tqdm.auto calls iter() on what it wraps when it is made and again when the
+    # loop starts, and each iter() of a training loader begins an epoch (a new shuffle; with workers, new
+    # worker processes). Handing it the iterator makes the second call return the same pass.
+    batches = iter(loader)
+    for x, y in tqdm(batches, total=len(loader), desc="train", leave=False, disable=not progress):
         x, y = _to_device(x, y, device)
         with _autocast(device, dtype):
             log_probs = model(x)
