@@ -185,12 +185,14 @@ def time_to_accuracy(
 
 def single_image_latency(
     model: Callable[[torch.Tensor], torch.Tensor], image, mean: float, std: float, repeats: int = 200, warmup: int = 20,
-    threads: int | None = 1,
+    threads: int | None = 1, prepare: Callable[..., torch.Tensor] | None = None,
 ) -> dict:
     """Time preprocessing plus the forward pass for one image, in this process on the CPU.
 
     ``model`` is any callable from a normalised (1, 1, 28, 28) tensor to scores: an ``nn.Module``
-    (moved to the CPU and put in eval mode), an int8 model, or ``export.OnnxModel``.
+    (moved to the CPU and put in eval mode), an int8 model, or ``export.OnnxModel``. ``prepare(image,
+    mean, std)`` makes that tensor; the default is the digit preprocessing of ``preprocess.preprocess``
+    (crop to the ink, scale, centre by mass), which only suits drawn digits.
 
     Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
     and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
@@ -198,11 +200,12 @@ def single_image_latency(
     thread made it several times slower (measured).
     """
     model = _on_cpu(model)
+    prepare = preprocess if prepare is None else prepare
     totals, preprocess_times, forward_times = [], [], []
     with torch_threads(threads), torch.inference_mode():
         for run in range(warmup + repeats):
             started = time.perf_counter()
-            x = preprocess(image, mean, std)
+            x = prepare(image, mean, std)
             prepared = time.perf_counter()
             model(x)
             finished = time.perf_counter()

@@ -12,9 +12,8 @@ import math
 import os
 import pickle
 import platform
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, NamedTuple, cast
 
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .models import ARCHITECTURES, architecture_of, build_model
 
 FORMAT = "digitlib-checkpoint-v1"
@@ -92,25 +92,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, state_dict: dict 
 
 def _atomic_save(payload: dict, path: Path) -> None:
     atomic_write(path, lambda file: torch.save(payload, file))
-
-
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write a model file with ``write(file)`` under a temporary name beside ``path``, then rename it over
-    ``path``: an interruption or a full disk leaves the old file (or none), never half a new one."""
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a model file is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -357,6 +338,32 @@ def normalization(info: Mapping, path: str | os.PathLike) -> Normalization:
             f"std {_short_repr(recorded['std'], 30)}): both must be finite numbers and std above 0. Train it again."
         )
     return Normalization(mean, std)
+
+
+def checkpoint_dataset(info: Mapping, path: str | os.PathLike) -> str:
+    """``data.dataset_of(info)``, with a dataset this version does not know refused as a :class:`CheckpointError`."""
+    from . import data
+    from .errors import DataError
+
+    try:
+        return data.dataset_of(info)
+    except DataError as error:
+        raise CheckpointError(f"{path} records an {error}") from None
+
+
+def require_dataset(info: Mapping, path: str | os.PathLike, dataset: str, advice: str | None = None) -> None:
+    """Raise :class:`CheckpointError` unless the checkpoint (or ONNX file) ``info`` was trained on ``dataset``.
+
+    ``advice`` ends the message (default: pass a checkpoint trained on that dataset). A dataset name
+    this version does not know is refused too.
+    """
+    from . import data
+
+    trained_on = checkpoint_dataset(info, path)
+    if trained_on != dataset:
+        wanted = data.dataset_info(dataset).title
+        raise CheckpointError(f"{path} was trained on {data.dataset_info(trained_on).title}, not {wanted}: "
+                              + (advice or f"pass a checkpoint trained on {wanted}"))
 
 
 def _as_float(value: object) -> float | None:

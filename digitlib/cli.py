@@ -364,7 +364,7 @@ def _evaluate(args) -> int:
         path, model, info, (mean, std), probabilities = members[0]
         _print_model_report(path, model, info, evaluation.classification_metrics(probabilities, labels),
                             probabilities, labels, args.top, dataset)
-        _print_timings(model, images, mean, std, args.repeats)
+        _print_timings(model, images, mean, std, args.repeats, dataset)
     else:
         _print_ensemble_report(members, labels, args.top, dataset)
     return 0
@@ -376,24 +376,16 @@ def _checkpoints_dataset(loaded: list, requested: str | None) -> str:
     Refuses checkpoints of different datasets together, and a --dataset other than theirs.
     """
     from . import data
-    from .errors import CheckpointError, DataError
+    from .checkpoints import checkpoint_dataset, require_dataset
 
-    recorded = {}
-    for path, _, info in loaded:
-        try:
-            recorded[path] = data.dataset_of(info)
-        except DataError as error:
-            raise CheckpointError(f"{path} records an {error}") from None
-    (first, dataset), *others = recorded.items()
-    title = data.dataset_info(dataset).title
-    for path, other in others:
-        if other != dataset:
-            raise CheckpointError(f"{first} was trained on {title} but {path} on {data.dataset_info(other).title}: "
-                                  "evaluate checkpoints of one dataset at a time")
-    if requested is not None and requested != dataset:
-        wanted = data.dataset_info(requested).title
-        raise CheckpointError(f"{first} was trained on {title}, not {wanted} (--dataset {requested}): leave out "
-                              f"--dataset to use its own test set, or pass a checkpoint trained on {wanted}")
+    (first, _, first_info), *others = loaded
+    if requested is not None:
+        require_dataset(first_info, first, requested, f"leave out --dataset {requested} to use its own test set, "
+                        f"or pass a checkpoint trained on {data.dataset_info(requested).title}")
+    dataset = requested or checkpoint_dataset(first_info, first)
+    for path, _, info in others:
+        require_dataset(info, path, dataset, f"evaluate checkpoints of one dataset at a time ({first} was trained "
+                        f"on {data.dataset_info(dataset).title})")
     return dataset
 
 
@@ -402,7 +394,10 @@ def _print_model_report(path, model, info, metrics, probabilities, labels, top: 
     from .models import count_parameters
 
     matrix = evaluation.confusion_matrix(labels, probabilities.argmax(dim=1))
-    print(f"{path}: {info['arch']}, {count_parameters(model):,} parameters, "
+    # An ONNX file has no PyTorch parameters: its export recorded how many the network had.
+    exported = info.get("export")
+    count = count_parameters(model) or (exported.get("parameters") if isinstance(exported, dict) else None)
+    print(f"{path}: {info['arch']}, {f'{count:,} parameters' if count else 'parameter count not recorded'}, "
           f"{info.get('epochs_completed', '?')} epochs (best {info.get('best_epoch', '?')})")
     _print_metrics(metrics, evaluation.most_confused(matrix, top), dataset)
 
@@ -431,7 +426,7 @@ def _print_metrics(metrics: dict, confused: list, dataset: str) -> None:
         print("  none: every image is right")
 
 
-def _print_timings(model, images, mean: float, std: float, repeats: int | None) -> None:
+def _print_timings(model, images, mean: float, std: float, repeats: int | None, dataset: str = "mnist") -> None:
     import torch
 
     from . import bench, data, evaluation
@@ -440,10 +435,15 @@ def _print_timings(model, images, mean: float, std: float, repeats: int | None) 
     if not repeats:
         return
     model = model.cpu()
-    drawing = evaluation.as_drawing(images[0])
-    latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
+    if dataset == "mnist":  # what the pad and `predict` do: a large drawing, cropped, scaled and centred
+        drawing = evaluation.as_drawing(images[0])
+        latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
+        what, steps = f"{drawing.width}x{drawing.height} drawing", "preprocessing"
+    else:  # the digit preprocessing does not suit other pictures: one 28x28 test image, normalised
+        latency = bench.single_image_latency(model, images[:1], mean, std, repeats=repeats, prepare=data.normalize)
+        what, steps = f"28x28 {data.dataset_info(dataset).title} test image", "normalising"
     print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
-          f"{drawing.width}x{drawing.height} drawing: preprocessing {latency['preprocess_ms']:.2f} ms + forward "
+          f"{what}: {steps} {latency['preprocess_ms']:.2f} ms + forward "
           f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
     batches = data.normalize(images, mean, std)
     throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
@@ -507,7 +507,7 @@ def _predict(args) -> int:
     import torch
 
     from . import evaluation
-    from .checkpoints import normalization
+    from .checkpoints import normalization, require_dataset
     from .confidence import judge
     from .errors import ImageError
     from .export import load_model
@@ -517,6 +517,8 @@ def _predict(args) -> int:
     members, described = [], []
     for path in paths:
         model, info = load_model(path, "cpu")  # a checkpoint or an exported .onnx (ONNX Runtime)
+        require_dataset(info, path, "mnist", "predict reads drawn digits (cropped, scaled and centred like MNIST's); "
+                        f"measure it with `python -m digitlib evaluate --model {path}`")
         members.append((model, *normalization(info, path)))
         recorded = evaluation.recorded_accuracy(info)
         accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""

@@ -30,6 +30,7 @@ import torch
 
 from .config import data_dir
 from .errors import DataError
+from .files import atomic_write
 
 #: The four original files and the md5s torchvision checks (equal to ``torchvision.datasets.MNIST.resources``,
 #: written out so that importing this module does not import torchvision; a test keeps the two in step).
@@ -292,19 +293,17 @@ def _original_data(archive: Path, info: DatasetInfo) -> bytes:
 
 
 def _replace_atomically(target: Path, content: Path | bytes) -> None:
-    """Write ``content`` (a file to copy, or bytes) under a ``.part`` name, then rename it: a half-written
-    file (disk full, Ctrl-C) never carries the real name, and its ``.part`` is removed."""
-    partial = target.with_name(target.name + ".part")
-    try:
+    """``target`` written with ``content`` (a file to copy, or bytes) by ``files.atomic_write``: a
+    half-written file (disk full, Ctrl-C) never carries the real name."""
+
+    def write(file) -> None:
         if isinstance(content, bytes):
-            partial.write_bytes(content)
+            file.write(content)
         else:
-            shutil.copyfile(content, partial)
-        partial.replace(target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            partial.unlink(missing_ok=True)
-        raise
+            with content.open("rb") as source:
+                shutil.copyfileobj(source, file)
+
+    atomic_write(target, write)
 
 
 def idx_problem(path: str | os.PathLike, dataset: str = "mnist") -> str | None:

@@ -76,9 +76,9 @@ def per_class_accuracy(labels, predictions, num_classes: int = 10) -> np.ndarray
 
 
 def confusion_matrix(labels, predictions, normalize: str | None = None, num_classes: int = 10) -> np.ndarray:
-    """scikit-learn's confusion matrix: row = true digit, column = prediction.
+    """scikit-learn's confusion matrix: row = true class, column = prediction.
 
-    ``normalize="true"`` divides each row by its count, so a row shows where that digit's images went.
+    ``normalize="true"`` divides each row by its count, so a row shows where that class's images went.
     """
     from sklearn import metrics as sk_metrics
 
@@ -87,13 +87,19 @@ def confusion_matrix(labels, predictions, normalize: str | None = None, num_clas
     )
 
 
-def classification_report(labels, predictions, output_dict: bool = False):
-    """scikit-learn's precision/recall/F1 per digit, as text (``output_dict=False``) or a dict."""
+def classification_report(labels, predictions, output_dict: bool = False, classes: Sequence[str] | None = None):
+    """scikit-learn's precision/recall/F1 per class, as text (``output_dict=False``) or a dict.
+
+    ``classes`` names the ten classes (``data.class_names("fashion")`` for Fashion-MNIST); digits by default.
+    """
     from sklearn import metrics as sk_metrics
 
+    names = [str(digit) for digit in CLASSES] if classes is None else list(classes)
+    if len(names) != len(CLASSES):
+        raise ValueError(f"classes names {len(names)} classes; the models have {len(CLASSES)}")
     return sk_metrics.classification_report(
         np.asarray(labels), np.asarray(predictions), labels=list(CLASSES),
-        target_names=[str(digit) for digit in CLASSES], digits=4, output_dict=output_dict, zero_division=0,
+        target_names=names, digits=4, output_dict=output_dict, zero_division=0,
     )
 
 

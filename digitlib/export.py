@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, DigitlibError
+from .models import count_parameters
 
 ONNX_FORMAT = "digitlib-onnx-v1"
 INPUT_NAME = "image"  # (N, 1, 28, 28) float32, normalised with the metadata's mean and std
@@ -178,7 +179,8 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
         )
     assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
-    _attach_metadata(proto, onnx_metadata(info, quantization="none"))
+    # An ONNX graph has initializers, not parameters: record the count so `evaluate` can still report it.
+    _attach_metadata(proto, onnx_metadata(info, quantization="none", parameters=count_parameters(model)))
     return _write_onnx(proto, Path(out))
 
 
@@ -221,11 +223,11 @@ def quantize_onnx(
 
 
 def _write_onnx(proto, path: Path) -> Path:
-    """``proto`` saved at ``path`` atomically (``checkpoints.atomic_write``), its folder made if needed.
+    """``proto`` saved at ``path`` atomically (``files.atomic_write``), its folder made if needed.
 
     The model is serialised in one piece, as ``onnx.save_model`` does for files under 2 GB (ours are a few MB).
     """
-    from .checkpoints import atomic_write
+    from .files import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, lambda file: file.write(proto.SerializeToString()))

@@ -509,13 +509,8 @@ def load_or_train(
 
 def _load_for(dataset: str, path: str | os.PathLike, device, arch: str):
     """load_checkpoint, refusing a checkpoint trained on another dataset (old ones without a record are MNIST's)."""
-    from .checkpoints import load_checkpoint
-    from .data import dataset_info, dataset_of
+    from .checkpoints import load_checkpoint, require_dataset
 
     model, info = load_checkpoint(path, device=pick_device(device), arch=arch)
-    trained_on = dataset_of(info)
-    if trained_on != dataset:
-        wanted = dataset_info(dataset).title
-        raise CheckpointError(f"{path} was trained on {dataset_info(trained_on).title}, not {wanted}: "
-                              f"pass a checkpoint trained on {wanted}")
+    require_dataset(info, path, dataset)
     return model, info

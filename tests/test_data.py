@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -55,7 +56,8 @@ def test_copy_mnist_files_copies_the_originals_and_they_load(tmp_path):
     for path in copied:
         assert path.parent == tmp_path / "MNIST" / "raw"
         assert hashlib.md5(path.read_bytes()).hexdigest() == dl.data.MNIST_FILES[path.name]
-    assert not list(path for path in (tmp_path / "MNIST" / "raw").iterdir() if path.suffix == ".part")
+    # Exactly the four files: no temporary file of the atomic writes is left behind.
+    assert sorted(path.name for path in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(dl.data.MNIST_FILES)
 
     images, labels = dl.data.load_mnist(train=False, root=tmp_path)
     expected_images, expected_labels = dl.data.load_mnist(train=False)
@@ -371,29 +373,29 @@ def test_a_folder_that_cannot_take_the_download_is_not_called_a_network_failure(
 
 
 def test_copying_into_a_folder_that_cannot_be_written_says_so(tmp_path, monkeypatch):
-    def refuse(source, target, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(target))
+    def refuse(dir, prefix, suffix, **kwargs):  # where a read-only folder fails: creating the file
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}x{suffix}"))
 
-    monkeypatch.setattr(shutil, "copyfile", refuse)
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(dl.DataError, match="cannot write to .* make it writable"):
         dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
 
 
 def test_an_unreadable_source_is_not_called_an_unwritable_target(tmp_path, monkeypatch):
-    def refuse(source, target, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", str(source))
+    def refuse(source, target, *args):
+        raise PermissionError(errno.EACCES, "Permission denied", source.name)
 
-    monkeypatch.setattr(shutil, "copyfile", refuse)
+    monkeypatch.setattr(shutil, "copyfileobj", refuse)
     with pytest.raises(dl.DataError, match=r"^cannot read .*train-images-idx3-ubyte.gz \(Permission denied\)"):
         dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
 
 
 def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeypatch):
-    def fill_the_disk(source, target, **kwargs):
-        pathlib.Path(target).write_bytes(b"half a file")
-        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+    def fill_the_disk(source, target, *args):
+        target.write(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(shutil, "copyfile", fill_the_disk)
+    monkeypatch.setattr(shutil, "copyfileobj", fill_the_disk)
     with pytest.raises(dl.DataError, match=r"^cannot write to .*No space left on device.*free some space"):
         dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
     assert list(dl.data.raw_dir(tmp_path).iterdir()) == []

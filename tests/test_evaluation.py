@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from digitlib import evaluation
+from digitlib import data, evaluation
 from digitlib.checkpoints import load_checkpoint, update_checkpoint
 from digitlib.errors import CheckpointError
 
@@ -87,6 +87,11 @@ def test_classification_report_lists_all_ten_digits(test_outputs):
     report = evaluation.classification_report(labels, predictions, output_dict=True)
     assert sum(report[str(digit)]["support"] for digit in range(10)) == len(labels)
     assert report["accuracy"] == pytest.approx(float((predictions == labels).float().mean()))
+    names = data.class_names("fashion")  # any ten names: the rows are labelled by them, in label order
+    named = evaluation.classification_report(labels, predictions, output_dict=True, classes=names)
+    assert [named[name]["support"] for name in names] == [report[str(digit)]["support"] for digit in range(10)]
+    with pytest.raises(ValueError, match="names 9 classes"):
+        evaluation.classification_report(labels, predictions, classes=names[:9])
 
 
 def test_most_confused_lists_off_diagonal_pairs_by_count(test_outputs):

@@ -252,20 +252,47 @@ def test_evaluate_reads_the_dataset_from_the_checkpoint(fashion_checkpoint, fash
 def test_a_dataset_mismatch_is_one_line(fashion_checkpoint, tmp_path, capsys):
     status, out, err = run(["evaluate", "--model", fashion_checkpoint, "--dataset", "mnist"], capsys)
     assert status == 2 and out == "" and err == (
-        f"error: {fashion_checkpoint} was trained on Fashion-MNIST, not MNIST (--dataset mnist): leave out "
-        "--dataset to use its own test set, or pass a checkpoint trained on MNIST\n"
+        f"error: {fashion_checkpoint} was trained on Fashion-MNIST, not MNIST: leave out --dataset mnist to use "
+        "its own test set, or pass a checkpoint trained on MNIST\n"
     )
     as_mnist = tmp_path / "mnist.pt"  # the same file, relabelled as an old MNIST checkpoint without a dataset
     shutil.copy(fashion_checkpoint, as_mnist)
     update_checkpoint(as_mnist, data={"train_limit": 600})
     status, out, err = run(["evaluate", "--model", fashion_checkpoint, as_mnist], capsys)
     assert status == 2 and out == "" and err.count("\n") == 1
-    assert f"{fashion_checkpoint} was trained on Fashion-MNIST but {as_mnist} on MNIST" in err
+    assert err == (f"error: {as_mnist} was trained on MNIST, not Fashion-MNIST: evaluate checkpoints of one "
+                   f"dataset at a time ({fashion_checkpoint} was trained on Fashion-MNIST)\n")
 
     with pytest.raises(CheckpointError, match="was trained on Fashion-MNIST, not MNIST"):
         dl.training.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None)
     _, info = dl.training.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None, dataset="fashion")
     assert info["data"]["dataset"] == "fashion"
+
+
+def test_predict_refuses_a_model_that_does_not_read_digits(fashion_checkpoint, tmp_path, capsys):
+    # Its preprocessing crops, scales and centres a drawn digit: a Fashion-MNIST model would name a
+    # garment for every drawing, so it is refused in one line rather than read.
+    drawing = tmp_path / "one.png"
+    dl.evaluation.as_drawing(dl.data.load_mnist(train=False)[0][2]).save(drawing)
+    status, out, err = run(["predict", "--model", fashion_checkpoint, drawing], capsys)
+    assert status == 2 and out == "" and err == (
+        f"error: {fashion_checkpoint} was trained on Fashion-MNIST, not MNIST: predict reads drawn digits "
+        "(cropped, scaled and centred like MNIST's); measure it with "
+        f"`python -m digitlib evaluate --model {fashion_checkpoint}`\n"
+    )
+
+
+def test_evaluate_times_a_fashion_image_without_the_digit_preprocessing(fashion_checkpoint, fashion_root,
+                                                                         monkeypatch, capsys):
+    monkeypatch.setenv("DIGITLIB_DATA", str(fashion_root))
+    status, out, err = run(["evaluate", "--model", fashion_checkpoint, "--limit", "200", "--repeats", "5",
+                            "--device", "cpu"], capsys)
+    assert status == 0, err
+    latency = re.search(r"^latency .* for one 28x28 Fashion-MNIST test image: normalising ([\d.]+) ms \+ forward "
+                        r"([\d.]+) ms \(CPU, 1 thread, 5 runs\)$", out, re.MULTILINE)
+    assert latency, out
+    assert 0 < float(latency.group(2))
+    assert re.search(r"^throughput +[\d,]+ images/s", out, re.MULTILINE)
 
 
 def test_best_checkpoint_never_takes_a_fashion_model_for_digits(fashion_checkpoint, tmp_path, monkeypatch):
