@@ -444,11 +444,15 @@ def _print_timings(model, images, mean: float, std: float, repeats: int | None, 
         what, steps = f"28x28 {data.dataset_info(dataset).title} test image", "normalising"
     print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
           f"{what}: {steps} {latency['preprocess_ms']:.2f} ms + forward "
-          f"{latency['forward_ms']:.2f} ms (CPU, {latency['threads']} thread, {repeats} runs)")
+          f"{latency['forward_ms']:.2f} ms (CPU, {_count(latency['threads'], 'thread')}, {repeats} runs)")
     batches = data.normalize(images, mean, std)
     throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
     print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
-          f"{throughput['batch_size']:,}, {torch.get_num_threads()} threads)")
+          f"{throughput['batch_size']:,}, {_count(torch.get_num_threads(), 'thread')})")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def _print_ensemble_report(members: list, labels, top: int, dataset: str) -> None:

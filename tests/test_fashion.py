@@ -292,7 +292,9 @@ def test_evaluate_times_a_fashion_image_without_the_digit_preprocessing(fashion_
                         r"([\d.]+) ms \(CPU, 1 thread, 5 runs\)$", out, re.MULTILINE)
     assert latency, out
     assert 0 < float(latency.group(2))
-    assert re.search(r"^throughput +[\d,]+ images/s", out, re.MULTILINE)
+    threads = re.search(r"^throughput +[\d,]+ images/s \(CPU forward pass, batches of 200, (\d+) threads?\)$", out,
+                        re.MULTILINE)
+    assert threads and threads.group(0).endswith("1 thread)" if threads.group(1) == "1" else "threads)")
 
 
 def test_best_checkpoint_never_takes_a_fashion_model_for_digits(fashion_checkpoint, tmp_path, monkeypatch):
