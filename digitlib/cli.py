@@ -487,7 +487,8 @@ def _add_predict_command(commands) -> None:
         "predict", help="read the digit in image files (PNG, JPEG, BMP, GIF)",
         description="Predict the digit in each image: any size, colour or polarity (dark on light or light "
         "on dark, or strokes on a transparent background). Each picture is made MNIST-like first: "
-        "cropped to its ink, scaled to 20 px and centred by mass in 28x28.",
+        "cropped to its ink, scaled to 20 px and centred by mass in 28x28. It takes digit models only: a "
+        "checkpoint trained on Fashion-MNIST is refused.",
         epilog="A picture that is probably not one digit (a dot or blob, a shape much wider than tall such as a "
         "dash or several digits, or a top probability below digitlib.confidence.MIN_CONFIDENCE) is still read, "
         "and marked 'not a digit?' with the reason (\"rejected\": true and \"reason\" with --json); notebook 07 "
