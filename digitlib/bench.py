@@ -9,10 +9,10 @@ first reaches a target; ``single_image_latency`` and ``batch_throughput`` time i
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,8 @@ from .errors import DataError
 from .loaders import make_loaders
 from .models import build_model
 from .preprocess import preprocess
-from .training import _autocast, amp_dtype, fit, make_optimizer, pick_device, seed_everything
+from .runtime import amp_dtype, autocast, model_device, pick_device, seed_everything, torch_threads
+from .training import fit, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -58,18 +59,6 @@ class EpochTiming:
     def epoch_s(self) -> float:
         """A whole training epoch at this rate (validation not included)."""
         return self.epoch_images / self.images_per_s
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run the block with ``count`` intra-op threads (None: leave the setting alone)."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def epoch_breakdown(
@@ -114,7 +103,7 @@ def epoch_breakdown(
                 x = x.contiguous()
             sync()
             loaded = time.perf_counter()
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 log_probs = model(x)
             loss = F.nll_loss(log_probs.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -248,5 +237,8 @@ def batch_throughput(
 
 
 def _on_cpu(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """An ``nn.Module`` on the CPU in eval mode; any other callable as it is."""
-    return model.cpu().eval() if isinstance(model, nn.Module) else model
+    """An ``nn.Module`` on the CPU in eval mode (a CPU copy of one on another device, which stays where it
+    is); any other callable as it is."""
+    if not isinstance(model, nn.Module):
+        return model
+    return (model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()).eval()

@@ -103,21 +103,21 @@ def _add_train_command(commands) -> None:
 
 
 def _train(args) -> int:
-    from . import data, loaders, training
+    from . import data, loaders, runtime, training
     from .checkpoints import update_checkpoint
     from .models import build_model, count_parameters
 
     limit = args.limit or (2000 if smoke_test() else None)
     out = args.out or dataset_models_dir(args.dataset) / ("quick" if limit else "") / f"{args.model}.pt"
     _check_destination(out, args.force, args.resume)
-    device = training.pick_device(args.device)  # a bad --device fails before any data is loaded
+    device = runtime.pick_device(args.device)  # a bad --device fails before any data is loaded
     full_run = FULL_RUNS[args.model]
     epochs = args.epochs or full_run.epochs
     max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
     lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
     if not args.resume:
         training.check_writable(out)  # before the data is loaded and hours are spent
-    training.seed_everything(args.seed)
+    runtime.seed_everything(args.seed)
     splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None,
                               dataset=args.dataset)
     train_loader, val_loader, test_loader = loaders.make_loaders(
@@ -149,7 +149,7 @@ def _train(args) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    test_loss, test_accuracy = training.test_step(model, test_loader, device, training.amp_dtype(device, args.amp))
+    test_loss, test_accuracy = training.test_step(model, test_loader, device, runtime.amp_dtype(device, args.amp))
     best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
     update_checkpoint(out, metrics={
         "val_loss": history["val_loss"][best], "val_accuracy": history["val_accuracy"][best],

@@ -31,6 +31,7 @@ from PIL import Image
 from torch import nn
 
 from .preprocess import INK_FLOOR, SIZE
+from .runtime import to_model
 
 # --- The rejection rule ------------------------------------------------------------------------
 # Measured by notebooks/07_inside_the_model.ipynb in full mode (section 5) with models/cnn.pt and
@@ -234,16 +235,17 @@ def final_linear(model: nn.Module) -> nn.Linear:
 def raw_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """The logits (N, 10) before the model's log-softmax, caught from its last linear layer.
 
-    Runs under ``torch.no_grad`` unless gradients are enabled by the caller (Captum needs them).
+    ``x`` may be on another device than the model: it is moved there a batch at a time, and the logits
+    come back on ``x``'s device. Gradients flow when the caller enables them (Captum needs them).
     """
     captured: list[torch.Tensor] = []
     handle = final_linear(model).register_forward_hook(lambda module, inputs, output: captured.append(output))
     try:
         for start in range(0, len(x), batch_size):
-            model(x[start : start + batch_size])
+            model(to_model(model, x[start : start + batch_size]))
     finally:
         handle.remove()
-    return torch.cat(captured)
+    return torch.cat(captured).to(x.device)
 
 
 def energy(logits, temperature: float = 1.0) -> torch.Tensor:

@@ -30,9 +30,9 @@ from ipycanvas import Canvas, hold_canvas
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .bench import torch_threads
 from .confidence import Verdict, judge
 from .preprocess import SIZE, preprocess
+from .runtime import torch_threads
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
 # A digit drawn 200 px tall shrinks ten times to fit MNIST's 20 px box, so this pen becomes a

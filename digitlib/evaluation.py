@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError, DigitlibError
 from .preprocess import SIZE, to_mnist
-from .training import _to_device, pick_device
+from .runtime import batch_to, pick_device, to_model
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
     import pandas as pd
@@ -36,7 +36,7 @@ def predict_proba(model: nn.Module, loader, device: str | torch.device | None = 
     model.to(device).eval()
     probabilities, labels = [], []
     for x, y in loader:
-        x, _ = _to_device(x, y, device)
+        x, _ = batch_to(x, y, device)
         probabilities.append(model(x).float().exp().cpu())
         labels.append(y)
     return torch.cat(probabilities), torch.cat(labels)
@@ -212,7 +212,9 @@ def read_image(members: Sequence[tuple[nn.Module, float, float]], image) -> Read
     the MNIST-like picture they saw: what ``confidence.judge`` needs to tell whether it is a digit at all."""
     picture = to_mnist(image)
     digit = torch.from_numpy(picture).reshape(1, 1, SIZE, SIZE)
-    probabilities = torch.stack([model((digit - mean) / std)[0].float().exp() for model, mean, std in members])
+    probabilities = torch.stack(
+        [model(to_model(model, (digit - mean) / std))[0].float().exp().cpu() for model, mean, std in members]
+    )
     return Reading(probabilities.mean(0).numpy(), picture)
 
 

@@ -12,7 +12,8 @@ Attributions answer "which pixels made the model say 7?" for one image, with Cap
   upsampled to 28x28: coarse, but it shows *where*, not which pixel.
 
 All three explain the raw logits (before log-softmax), so one class's evidence is not mixed with
-the others'. Captum is imported inside the functions: ``import digitlib`` stays light.
+the others'. Each function takes the image on any device, runs it where the model is, and returns
+CPU tensors. Captum is imported inside the functions: ``import digitlib`` stays light.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 
 from .confidence import raw_logits
 from .models import DigitCNN, DigitResNet
+from .runtime import to_model
 
 
 class Logits(nn.Module):
@@ -69,7 +71,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         for name, layer in feature_layers(model).items()
     ]
     try:
-        model(x)
+        model(to_model(model, x))
     finally:
         for handle in handles:
             handle.remove()
@@ -110,7 +112,8 @@ def saliency(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
     from captum.attr import Saliency
 
     model.eval()
-    return Saliency(Logits(model)).attribute(x.clone().requires_grad_(True), target=target, abs=True)[0, 0].detach()
+    x = to_model(model, x).clone().requires_grad_(True)
+    return Saliency(Logits(model)).attribute(x, target=target, abs=True)[0, 0].detach().cpu()
 
 
 def integrated_gradients(
@@ -121,13 +124,14 @@ def integrated_gradients(
     from captum.attr import IntegratedGradients as CaptumIG
 
     model.eval()
+    x, baseline = to_model(model, x), to_model(model, baseline)
     logits = Logits(model)
     attributions, delta = CaptumIG(logits).attribute(
         x, baselines=baseline, target=target, n_steps=steps, return_convergence_delta=True
     )
     with torch.no_grad():
         change = float(logits(x)[0, target] - logits(baseline)[0, target])
-    return IntegratedGradients(attributions[0, 0].detach(), float(delta[0]), change)
+    return IntegratedGradients(attributions[0, 0].detach().cpu(), float(delta[0]), change)
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module | None = None) -> torch.Tensor:
@@ -146,6 +150,7 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int, layer: nn.Module | 
     for module in model.modules():
         if isinstance(module, nn.ReLU):
             module.inplace = False
+    x = to_model(model, x)
     cam = LayerGradCam(Logits(model), model.get_submodule(name)).attribute(x, target=target, relu_attributions=True)
     upsampled = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
-    return F.relu(upsampled)[0, 0]  # bilinear weights are convex, so this only clears -0.0 and rounding
+    return F.relu(upsampled)[0, 0].cpu()  # bilinear weights are convex, so this only clears -0.0 and rounding

@@ -40,6 +40,7 @@ from torch import nn
 
 from .errors import CheckpointError, DigitlibError
 from .models import count_parameters
+from .runtime import torch_threads
 
 ONNX_FORMAT = "digitlib-onnx-v1"
 INPUT_NAME = "image"  # (N, 1, 28, 28) float32, normalised with the metadata's mean and std
@@ -275,7 +276,7 @@ class OnnxModel(nn.Module):
 
     ``forward`` takes the normalised float tensor (N, 1, 28, 28), on any device, and returns the log
     probabilities (N, 10) as a CPU tensor. ONNX Runtime follows PyTorch's thread setting
-    (``torch.set_num_threads``, ``bench.torch_threads``): the session is rebuilt, once, when that
+    (``torch.set_num_threads``, ``runtime.torch_threads``): the session is rebuilt, once, when that
     setting changes, so timing code treats both runtimes alike.
     """
 
@@ -441,7 +442,7 @@ def measure_variants(
 
     x, drawing = normalize(images, mean, std), as_drawing(images[0])
     predictions = {}
-    with bench.torch_threads(1), torch.inference_mode():
+    with torch_threads(1), torch.inference_mode():
         for name, (variant, _) in variants.items():
             predictions[name] = torch.cat([variant(batch).argmax(1) for batch in x.split(1000)])
     reference = predictions[next(iter(variants))]

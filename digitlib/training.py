@@ -13,7 +13,6 @@ import contextlib
 import errno
 import math
 import os
-import random
 import signal
 import threading
 import time
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from .checkpoints import read_checkpoint, save_checkpoint
 from .errors import CheckpointError, DigitlibError
+from .runtime import amp_dtype, autocast, batch_to, pick_device, seed_everything
 
 HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
@@ -53,73 +53,6 @@ def empty_history() -> History:
     return History(epoch=[], train_loss=[], train_accuracy=[], val_loss=[], val_accuracy=[], lr=[], seconds=[])
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def pick_device(preferred: str | torch.device | None = None) -> torch.device:
-    """``preferred`` if given, else the best available: cuda, then mps, then cpu."""
-    if preferred is not None and str(preferred) != "auto":
-        try:
-            device = torch.device(preferred)
-        except RuntimeError:
-            raise DigitlibError(f"{preferred!r} is not a device: use cuda, mps, cpu or auto.") from None
-        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-        if not available.get(device.type, False):
-            raise DigitlibError(f"device {preferred!r} is not available here: use cpu or auto.")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
-
-    Without those instructions oneDNN emulates bf16, and autocast made the CNN's training step 25x
-    slower on an AVX2 AMD EPYC (48 against 1,180 images/s); with them it roughly doubles it.
-    Other systems than Linux report False: measure there with ``bench --amp``.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
-            flags = next((line.split(":", 1)[1].split() for line in file if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def amp_dtype(device: torch.device, amp: bool | None = None) -> torch.dtype | None:
-    """The autocast dtype for ``device``, or None for full fp32.
-
-    ``amp=None`` means: on for CUDA, on for CPUs with bf16 hardware (:func:`cpu_has_bf16`), off
-    elsewhere. CUDA uses bf16 where the GPU supports it, else fp16 (which needs a GradScaler).
-    """
-    if amp is None:
-        amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if device.type == "cpu" else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device):
-    # channels_last: measured 10-25 % faster convolutions on CPU, and what tensor cores want.
-    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    return x, y.to(device, non_blocking=True)
-
-
 def train_step(
     model: nn.Module,
     loader,
@@ -142,8 +75,8 @@ def train_step(
     # worker processes). Handing it the iterator makes the second call return the same pass.
     batches = iter(loader)
     for x, y in tqdm(batches, total=len(loader), desc="train", leave=False, disable=not progress):
-        x, y = _to_device(x, y, device)
-        with _autocast(device, dtype):
+        x, y = batch_to(x, y, device)
+        with autocast(device, dtype):
             log_probs = model(x)
         loss = F.nll_loss(log_probs.float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -179,8 +112,8 @@ def test_step(
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for x, y in loader:
-        x, y = _to_device(x, y, device)
-        with _autocast(device, dtype):
+        x, y = batch_to(x, y, device)
+        with autocast(device, dtype):
             log_probs = model(x).float()
         total_loss += F.nll_loss(log_probs, y, reduction="sum")
         correct += (log_probs.argmax(1) == y).sum()

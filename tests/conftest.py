@@ -20,7 +20,7 @@ def trained_checkpoints(tmp_path_factory):
     splits = dl.data.load_splits(seed=0, train_limit=6000, test_limit=1000)
     paths = {}
     for arch in ("cnn", "resnet"):
-        dl.training.seed_everything(0)
+        dl.runtime.seed_everything(0)
         train_loader, val_loader, _ = dl.loaders.make_loaders(splits, batch_size=64, augment="none")
         model = dl.models.build_model(arch)
         paths[arch] = folder / f"{arch}.pt"

@@ -62,7 +62,7 @@ def test_tiny_training_run(tmp_path, capsys):
     status, out, err = run([*argv, "--out", str(out_path)], capsys)
     assert status == 0, err
     lines = out.splitlines()
-    device = dl.training.pick_device()
+    device = dl.runtime.pick_device()
     assert lines[0] == f"cnn: 3,274,634 parameters, 480 training / 120 validation images, device {device}"
     for epoch, line in enumerate(lines[1:3], start=1):
         assert re.fullmatch(
@@ -128,9 +128,9 @@ def test_bench_prints_a_row_per_model_and_pipeline(capsys, monkeypatch):
                                                    ["resnet", "device"], ["resnet", "albumentations"]]
     for row in rows:
         _, device, amp, _, batch, _, threads, data_s, compute_s, optim_s, images_per_s, epoch_s = row.split()
-        assert (device, batch, threads) == (str(dl.training.pick_device()), "16", "1")
+        assert (device, batch, threads) == (str(dl.runtime.pick_device()), "16", "1")
         if device == "cpu":  # AMP is on by default only on CPUs with bf16 hardware
-            assert amp == ("bfloat16" if dl.training.cpu_has_bf16() else "off")
+            assert amp == ("bfloat16" if dl.runtime.cpu_has_bf16() else "off")
         assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) > 0
         assert float(images_per_s) > 0 and float(epoch_s) > 0
 

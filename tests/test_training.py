@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint, read_checkpoint
-from digitlib.training import amp_dtype, fit, learning_rates, pick_device, seed_everything
+from digitlib.runtime import seed_everything
+from digitlib.training import fit, learning_rates
 
 QUIET = {"device": "cpu", "progress": False, "log": None}
 
@@ -131,37 +132,6 @@ def test_learning_rate_schedule_is_one_cycle():
     assert rates[0] == pytest.approx(1e-3)  # starts at AdamW's lr, not OneCycleLR's max_lr / 25
     assert rates[-1] < 1e-6
     assert learning_rates(epochs=2, steps_per_epoch=10, lr=5e-4)[0] == pytest.approx(5e-4)
-
-
-def test_amp_switch_on_cpu(tiny_loaders, tmp_path):
-    cpu = torch.device("cpu")
-    assert amp_dtype(cpu) is None and amp_dtype(cpu, False) is None  # off by default on a CPU
-    assert amp_dtype(cpu, True) == torch.bfloat16
-    train_loader, val_loader, _ = tiny_loaders
-    model = dl.models.build_model("cnn")
-    conv_outputs = []
-    model.features[0].register_forward_hook(lambda module, inputs, output: conv_outputs.append(output.dtype))
-    path = tmp_path / "amp.pt"
-    history = fit(model, train_loader, val_loader, epochs=1, amp=True, device="cpu", checkpoint=path,
-                  progress=False, log=None)
-    assert set(conv_outputs) == {torch.bfloat16}  # autocast was on, in training and validation
-    assert all(math.isfinite(value) for value in history["train_loss"] + history["val_loss"])
-    assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # fp32 master weights
-    assert read_checkpoint(path)["training"]["amp"] == "bfloat16"
-
-
-def test_pick_device(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert pick_device() == pick_device("auto") == pick_device("cpu") == torch.device("cpu")
-    with pytest.raises(dl.DigitlibError, match="'cuda' is not available here"):
-        pick_device("cuda")
-    with pytest.raises(dl.DigitlibError, match="'gpu' is not a device"):
-        pick_device("gpu")
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert pick_device() == torch.device("mps")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device() == torch.device("cuda") and pick_device("cpu") == torch.device("cpu")
 
 
 def test_interrupted_fit_keeps_its_best_and_resumes(tiny_loaders, tmp_path):
