@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +13,13 @@ _TRUE = {"1", "true", "yes", "on"}
 
 
 def smoke_test() -> bool:
-    """True when ``DIGITLIB_SMOKE`` is set to 1/true/yes/on.
+    """True when ``DIGITLIB_SMOKE`` is set to 1/true/yes/on: quick mode.
 
-    Notebooks read it in their parameters cell and shrink data and epochs, so the whole
-    course runs in minutes on two CPU cores (CI, nbval). Users get full mode by default.
+    A notebook's parameters cell starts from it (``smoke_test = dl.smoke_test()``) and shrinks data and
+    epochs, so the whole course runs in minutes on two CPU cores (CI, nbval). A learner chooses quick
+    mode either way: by setting the variable before starting JupyterLab, or by editing that line to
+    ``smoke_test = True``; the notebook passes its own value on (``quick=smoke_test``), so both lead
+    to the same folders. Users get full mode by default.
     """
     return os.environ.get("DIGITLIB_SMOKE", "").strip().lower() in _TRUE
 
@@ -57,15 +62,16 @@ def data_dir() -> Path:
     return Path(os.environ.get("DIGITLIB_DATA") or repo_root() / "data")
 
 
-def models_dir() -> Path:
+def models_dir(quick: bool | None = None) -> Path:
     """Trained checkpoints: ``$DIGITLIB_MODELS``, else ``models/`` at the repository root.
 
-    In smoke mode the default is ``models/smoke/``, so a quick run never overwrites a fully
-    trained model.
+    Quick runs (``quick=True``; None follows :func:`smoke_test`) use its ``smoke/`` subfolder, so a
+    quick run can never replace a fully trained model, wherever the folder is.
     """
-    if os.environ.get("DIGITLIB_MODELS"):
-        return Path(os.environ["DIGITLIB_MODELS"])
-    return repo_root() / "models" / ("smoke" if smoke_test() else "")
+    base = Path(os.environ.get("DIGITLIB_MODELS") or repo_root() / "models")
+    if quick is None:
+        quick = smoke_test()
+    return base / "smoke" if quick else base
 
 
 #: The datasets' names (``digitlib.data.DATASETS`` describes each; listed here too so that the command
@@ -73,13 +79,35 @@ def models_dir() -> Path:
 DATASET_NAMES = ("mnist", "fashion")
 
 
-def dataset_models_dir(dataset: str = "mnist") -> Path:
+def dataset_models_dir(dataset: str = "mnist", quick: bool | None = None) -> Path:
     """Where a dataset's checkpoints go: :func:`models_dir` for MNIST, ``models_dir()/<dataset>`` for the others.
 
     A Fashion-MNIST model therefore never replaces, nor is taken for, the digit model that ``predict``
     and the drawing pad load from ``models/``.
     """
-    return models_dir() if dataset == "mnist" else models_dir() / dataset
+    folder = models_dir(quick)
+    return folder if dataset == "mnist" else folder / dataset
+
+
+def checkpoint_path(
+    arch: str, quick: bool, replace: bool = False, log: Callable[[str], None] | None = print
+) -> Path:
+    """Where a notebook saves the ``arch`` model it trains: ``models_dir(quick)/<arch>.pt``.
+
+    A quick run writes in ``smoke/`` and may replace the quick checkpoint there. A full run never
+    replaces a trained checkpoint unasked: when ``<arch>.pt`` exists and ``replace`` is False, the new
+    run goes beside it, to ``runs/<arch>-<date and time>.pt`` (a folder that ``predict``, the pad and
+    the later notebooks do not read), and ``log`` says so before anything is trained.
+    """
+    folder = models_dir(quick)
+    path = folder / f"{arch}.pt"
+    if quick or replace or not path.exists():
+        return path
+    beside = folder / "runs" / f"{arch}-{time.strftime('%Y%m%d-%H%M%S')}.pt"
+    if log:
+        log(f"{path} holds a trained {arch} and is kept: this run saves to {beside}. To replace it instead, "
+            "set replace_trained = True in the parameters cell.")
+    return beside
 
 
 def figures_dir() -> Path:

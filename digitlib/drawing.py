@@ -15,8 +15,10 @@ call them too, so the whole path runs without a browser::
 
 from __future__ import annotations
 
+import html
 import io
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,11 +49,12 @@ Point = tuple[float, float]
 
 
 class PadModel(NamedTuple):
-    """A trained model and the normalisation it was trained with."""
+    """A trained model, the normalisation it was trained with, and whether it is only a small stand-in."""
 
     model: nn.Module
     mean: float
     std: float
+    standin: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def load_models(
     for arch in archs:
         model, info = load_or_train(arch, log=log, **train_kwargs)
         mean, std = normalization(info, f"the {arch} checkpoint")
-        models[LABELS.get(arch, arch)] = PadModel(model, mean, std)
+        models[LABELS.get(arch, arch)] = PadModel(model, mean, std, bool(info.get("standin")))
     return models
 
 
@@ -263,7 +266,7 @@ class DrawingPad:
         inputs: dict[tuple[float, float], torch.Tensor] = {}  # models trained alike share one input
         probabilities = []
         for name in names:
-            model, mean, std = self.models[name]
+            model, mean, std, _ = self.models[name]
             if (mean, std) not in inputs:
                 inputs[mean, std] = preprocess(self.raster, mean, std)
             device = next(model.parameters()).device
@@ -362,13 +365,27 @@ APP_EXPLANATION = (
 )
 
 
+def standin_notice(models: Mapping[str, PadModel]) -> str:
+    """One line naming the models that are small stand-ins and how to train the real ones ('' if none is)."""
+    standins = [name for name, entry in models.items() if entry.standin]
+    if not standins:
+        return ""
+    return (f"{' and '.join(standins)}: small stand-in{'s' if len(standins) > 1 else ''} trained on a few "
+            "thousand images, which misread more drawings. Train the real models with `make models`, then "
+            "reload this page.")
+
+
 def app(models: Mapping[str, PadModel | tuple[nn.Module, float, float]]) -> widgets.VBox:
     """The drawing pad as a page of its own, what ``make app`` serves: a title, one line saying what
-    to do, and the pad (the same ``DrawingPad`` as notebook 05, laid out to fit a 1280×800 window)."""
+    to do, a line saying which models are stand-ins (if any are), and the pad (the same ``DrawingPad``
+    as notebook 05, laid out to fit a 1280×800 window)."""
     pad = DrawingPad(models)  # its widgets' callbacks keep it alive as long as the page
     pad.canvas.layout.margin = "0 0 6px"  # air between the pad and its buttons
+    notice = standin_notice(pad.models)
+    notice_html = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(notice))  # `make models` as code
+    notice_html = f'<div class="digitlib-standin" style="color:#a15c00">{notice_html}</div>' if notice else ""
     header = widgets.HTML(
-        f'<h2 style="margin:0 0 4px">{APP_TITLE}</h2><div style="color:#555">{APP_EXPLANATION}</div>',
+        f'<h2 style="margin:0 0 4px">{APP_TITLE}</h2><div style="color:#555">{APP_EXPLANATION}</div>{notice_html}',
         layout=widgets.Layout(margin="0 0 12px"),
     )
     return widgets.VBox([header, pad.widget], layout=widgets.Layout(padding="8px")).add_class("digitlib-app")

@@ -21,7 +21,7 @@ from torch import nn
 
 from .errors import CheckpointError, DigitlibError
 from .preprocess import SIZE, to_mnist
-from .runtime import batch_to, pick_device, to_model
+from .runtime import batch_to, model_device, pick_device, to_model
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
     import pandas as pd
@@ -31,14 +31,17 @@ CLASSES = tuple(range(10))
 
 @torch.no_grad()
 def predict_proba(model: nn.Module, loader, device: str | torch.device | None = None):
-    """Class probabilities (N, 10) and true labels (N,) for every batch of ``loader``, on the CPU."""
-    device = pick_device(device)
+    """Class probabilities (N, 10) and true labels (N,) for every batch of ``loader``, on the CPU.
+
+    Runs on ``device`` (the model is moved there), by default where the model already is.
+    """
+    device = pick_device(device) if device is not None else model_device(model)
     model.to(device).eval()
     probabilities, labels = [], []
     for x, y in loader:
         x, _ = batch_to(x, y, device)
         probabilities.append(model(x).float().exp().cpu())
-        labels.append(y)
+        labels.append(y.cpu())
     return torch.cat(probabilities), torch.cat(labels)
 
 

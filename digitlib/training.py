@@ -404,22 +404,23 @@ def load_or_train(
     device: str | torch.device | None = None,
     log: Callable[[str], None] | None = print,
     dataset: str = "mnist",
+    quick: bool | None = None,
 ):
-    """(model in eval mode, checkpoint info) for notebooks 03-05 and the drawing pad.
+    """(model in eval mode on ``device``, checkpoint info) for notebooks 03-08 and the drawing pad.
 
-    Loads ``path``, by default the fully trained ``<arch>.pt`` in ``dataset_models_dir(dataset)``
-    (``models/``, or ``models/fashion/``). When no path is given and that file does not exist, uses
-    a small stand-in instead, kept apart in ``standin/<arch>.pt`` there so it is never taken for the
-    full model: trained once (``train_limit`` images, ``epochs``, no augmentation: about a minute on a
-    CPU) and then reused. ``info["standin"]`` is True for it, and ``log`` says so. A checkpoint
-    trained on another dataset than ``dataset`` is refused.
+    Loads ``path``, by default ``<arch>.pt`` in ``dataset_models_dir(dataset, quick)`` (``models/``,
+    ``models/fashion/``, or their quick ``smoke/`` folder: a quick notebook reads what quick runs wrote).
+    When no path is given and that file does not exist, uses a small stand-in instead, kept apart in
+    ``standin/<arch>.pt`` there so it is never taken for the full model: trained once (``train_limit``
+    images, ``epochs``, no augmentation) and then reused. ``info["standin"]`` is True for it, and ``log``
+    says so. A checkpoint trained on another dataset than ``dataset`` is refused.
     """
     from .config import dataset_models_dir
     from .data import dataset_info, load_splits
     from .loaders import make_loaders
     from .models import build_model
 
-    folder = dataset_models_dir(dataset_info(dataset).name)
+    folder = dataset_models_dir(dataset_info(dataset).name, quick)
     full = folder / f"{arch}.pt"
     if path is not None or full.exists():
         return _load_for(dataset, path if path is not None else full, device, arch)

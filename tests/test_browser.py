@@ -71,7 +71,7 @@ def app_server(trained_checkpoints, tmp_path):
     group, which the finalizer ends whatever happened."""
     port = free_port()
     voila = Path(sys.executable).with_name("voila")
-    env = {**os.environ, "DIGITLIB_SMOKE": "1", "DIGITLIB_MODELS": str(trained_checkpoints["cnn"].parent),
+    env = {**os.environ, "DIGITLIB_SMOKE": "0", "DIGITLIB_MODELS": str(trained_checkpoints["cnn"].parent),
            "JUPYTER_PATH": str(APP / "jupyter")}
     log_path = tmp_path / "voila.log"
     with log_path.open("w") as log:

@@ -527,10 +527,11 @@ def test_environment_overrides_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITLIB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path / "models"))
     monkeypatch.setenv("DIGITLIB_FIGURES", str(tmp_path / "figures"))
-    monkeypatch.setenv("DIGITLIB_SMOKE", "1")   # an explicit DIGITLIB_MODELS wins over smoke mode
+    monkeypatch.setenv("DIGITLIB_SMOKE", "1")   # quick runs keep to a subfolder of DIGITLIB_MODELS too
     assert dl.data_dir() == tmp_path / "data"
     assert dl.data.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
-    assert dl.models_dir() == tmp_path / "models"
+    assert dl.models_dir() == tmp_path / "models" / "smoke"
+    assert dl.models_dir(quick=False) == tmp_path / "models"
     assert dl.figures_dir() == tmp_path / "figures"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import ipycanvas.canvas
 import numpy as np
 import pytest
@@ -131,3 +133,23 @@ def test_the_canvas_is_drawn_on_only_once_a_browser_is_ready(pad, sent_commands)
         pad.pen_move(140, y)
     assert len(sent_commands) == 4  # one small batch per new segment
     assert pad.pen_up(140, 240).digit == 1
+
+
+def test_the_app_says_when_it_serves_stand_ins(models):
+    assert dl.drawing.standin_notice(models) == ""
+    header = dl.drawing.app(models).children[0].value
+    assert "stand-in" not in header
+    standin = {"CNN": models["CNN"]._replace(standin=True), "ResNet": models["ResNet"]}
+    notice = dl.drawing.standin_notice(standin)
+    assert notice.startswith("CNN: small stand-in trained on") and "`make models`" in notice
+    header = dl.drawing.app(standin).children[0].value
+    assert "CNN: small stand-in" in header and "<code>make models</code>" in header
+
+
+def test_load_models_marks_stand_ins(monkeypatch, tmp_path, trained_checkpoints):
+    """A missing model is trained as a small stand-in and flagged; a trained one is not."""
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    shutil.copy(trained_checkpoints["cnn"], tmp_path / "cnn.pt")
+    loaded = dl.drawing.load_models(("cnn", "resnet"), log=None, quick=False, epochs=1, train_limit=300)
+    assert [entry.standin for entry in loaded.values()] == [False, True]
+    assert (tmp_path / "standin" / "resnet.pt").exists() and not (tmp_path / "resnet.pt").exists()

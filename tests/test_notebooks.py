@@ -1,0 +1,163 @@
+"""The notebooks run wherever a learner opens them, and quick mode never costs a trained model.
+
+CI has no GPU, so device placement is checked in the notebooks' source, by the rule CONTRIBUTING.md
+states: every model a notebook builds or loads is put on one stated device (``.to(device)``, ``fit``,
+``device=``), and the library moves inputs to the model. ``make test-gpu`` runs them on CUDA.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+import digitlib as dl
+from digitlib.config import repo_root
+
+ROOT = repo_root()
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "notebooks" / "solutions").glob("*.ipynb"))
+IDS = [path.relative_to(ROOT / "notebooks").as_posix() for path in NOTEBOOKS]
+
+MODEL_BUILDERS = {"DigitCNN", "DigitResNet", "build_model"}
+#: Calls that put a model handed to them on a device themselves, or only count its parameters.
+PLACING_CALLS = {"fit", "count_parameters", "load_checkpoint"}
+LOADERS = {"load_or_train", "load_models"}  # must be told the device and the notebook's mode
+
+
+def code_of(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    lines = []
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"])
+            lines += [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    return "\n".join(lines)
+
+
+def called_name(call: ast.Call) -> str:
+    function = call.func
+    return function.attr if isinstance(function, ast.Attribute) else getattr(function, "id", "")
+
+
+def model_classes(tree: ast.Module) -> set[str]:
+    """The model builders plus the nn.Module subclasses a notebook defines."""
+    defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+               and any(ast.unparse(base).split(".")[-1] in {"Module", *MODEL_BUILDERS, "BasicBlock"}
+                       for base in node.bases)}
+    return MODEL_BUILDERS | defined
+
+
+def unplaced_models(source: str) -> list[str]:
+    """Lines where a model is built and never put on a device."""
+    tree = ast.parse(source)
+    builders = model_classes(tree)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    placed_names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and called_name(node) in PLACING_CALLS and node.args:
+            placed_names |= {ast.unparse(argument) for argument in [*node.args, *(k.value for k in node.keywords)]}
+        if isinstance(node, ast.Attribute) and node.attr == "to" and isinstance(node.value, ast.Name):
+            placed_names.add(node.value.id)
+    problems = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and called_name(node) in builders):
+            continue
+        parent = parents.get(node)
+        if isinstance(parent, ast.Attribute) and parent.attr == "to":
+            continue  # Model().to(device)
+        if isinstance(parent, ast.Call) and called_name(parent) in PLACING_CALLS:
+            continue  # fit(Model(), ...), count_parameters(Model()), load_checkpoint(..., model=Model())
+        if isinstance(parent, ast.keyword) and called_name(parents[parent]) in PLACING_CALLS:
+            continue
+        if isinstance(parent, ast.Call) and called_name(parent) in builders:
+            continue  # a block class handed to a model builder: the outer model is checked
+        if isinstance(parent, ast.keyword) and called_name(parents[parent]) in builders:
+            continue
+        target = parent.targets[0] if isinstance(parent, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id in placed_names:
+            continue  # model = Model(), later fit(model, ...) or model.to(device)
+        problems.append(source.splitlines()[node.lineno - 1].strip())
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_every_model_a_notebook_builds_goes_to_one_device(path):
+    assert unplaced_models(code_of(path)) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_loaded_models_go_to_a_stated_device_and_follow_the_notebooks_mode(path):
+    tree = ast.parse(code_of(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and called_name(node) in LOADERS:
+            keywords = {keyword.arg for keyword in node.keywords}
+            assert {"device", "quick"} <= keywords, f"{ast.unparse(node)}: pass device= and quick=smoke_test"
+        if isinstance(node, ast.Call) and called_name(node) == "models_dir":
+            assert node.args or node.keywords, f"{ast.unparse(node)}: pass the notebook's smoke_test"
+
+
+def test_the_check_catches_a_model_left_behind():
+    assert unplaced_models("model = dl.models.DigitCNN()\nh = model(x)") == ["model = dl.models.DigitCNN()"]
+    assert unplaced_models("model = DigitResNet().eval()") == ["model = DigitResNet().eval()"]
+    assert unplaced_models("class Small(nn.Module):\n    pass\nm = Small()") == ["m = Small()"]
+    placed = ("a = dl.models.DigitCNN().to(device)\nb = dl.models.DigitCNN()\nfit(b, x, y, 1, device=device)\n"
+              "n = count_parameters(DigitCNN())\nc = DigitResNet(block=Plain).to(device)")
+    assert unplaced_models(placed) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_the_opening_says_how_to_choose_quick_or_full_mode(path):
+    cells = json.loads(path.read_text())["cells"]
+    opening = "".join(cells[0]["source"])
+    assert "**Quick or full mode.**" in opening and "smoke_test = True" in opening
+    assert re.search(r"^smoke_test = dl\.smoke_test\(\)", code_of(path), re.MULTILINE)
+
+
+def test_checkpoint_paths_keep_trained_models(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    said: list[str] = []
+    assert dl.config.checkpoint_path("cnn", quick=False, log=said.append) == tmp_path / "cnn.pt"  # nothing there yet
+    (tmp_path / "cnn.pt").write_bytes(b"trained")
+    assert dl.config.checkpoint_path("cnn", quick=True, log=said.append) == tmp_path / "smoke" / "cnn.pt"
+    assert said == []
+    beside = dl.config.checkpoint_path("cnn", quick=False, log=said.append)
+    assert beside.parent == tmp_path / "runs" and beside.name.startswith("cnn-") and beside.suffix == ".pt"
+    assert said == [f"{tmp_path / 'cnn.pt'} holds a trained cnn and is kept: this run saves to {beside}. "
+                    "To replace it instead, set replace_trained = True in the parameters cell."]
+    assert dl.config.checkpoint_path("cnn", quick=False, replace=True, log=said.append) == tmp_path / "cnn.pt"
+
+
+@pytest.mark.slow
+def test_quick_mode_chosen_in_the_cnn_notebook_leaves_the_trained_model_alone(tmp_path):
+    """What a learner does in JupyterLab: edit the parameters cell to smoke_test = True and run it all,
+    with no DIGITLIB_SMOKE in the environment."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    models = tmp_path / "models"
+    models.mkdir()
+    trained = models / "cnn.pt"
+    shutil.copy(ROOT / "tests" / "helpers.py", trained)  # any bytes: the notebook must not touch them
+    before = trained.read_bytes()
+    notebook = nbformat.read(ROOT / "notebooks" / "02_cnn_training.ipynb", as_version=4)
+    parameters = next(cell for cell in notebook.cells
+                      if cell.cell_type == "code" and "smoke_test = dl.smoke_test()" in cell.source)
+    parameters.source = re.sub(r"^smoke_test = dl\.smoke_test\(\).*$", "smoke_test = True", parameters.source,
+                               count=1, flags=re.MULTILINE)
+    env = {key: value for key, value in os.environ.items() if key != "DIGITLIB_SMOKE"}
+    env.update(DIGITLIB_MODELS=str(models), DIGITLIB_FIGURES=str(tmp_path / "figures"))
+    old_env = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)  # the kernel inherits this process's environment
+    try:
+        nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.clear()
+        os.environ.update(old_env)
+    assert trained.read_bytes() == before
+    assert (models / "smoke" / "cnn.pt").exists() and not (models / "runs").exists()
