@@ -1,36 +1,39 @@
-# The course in a few commands. Each target creates or refreshes .venv and makes MNIST ready.
-#   make lab     set up, then open the course in JupyterLab
-#   make test    set up, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
-#   make course  set up, then execute every notebook in full mode into build/
-#   make app     set up, then serve the drawing pad app (app/drawing_pad.ipynb) on localhost with Voila
-#   make models  set up, then train both models with the full-run settings (SEEDS=5 for an ensemble)
+# The course in a few commands. Each target creates or refreshes .venv, installs what it needs and makes MNIST ready.
+#   make lab       set up the course (the notebooks' extras), then open it in JupyterLab
+#   make test      set up everything, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
+#   make test-gpu  on a machine with a CUDA GPU: the CUDA tests and every notebook in smoke mode on the GPU
+#   make course    set up the course, then execute every notebook in full mode into build/
+#   make app       set up the app, then serve the drawing pad app (app/drawing_pad.ipynb) on localhost with Voila
+#   make models    set up the core, then train both models with the full-run settings (SEEDS=5 for an ensemble)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-INSTALLED := $(VENV)/.installed
 
-.PHONY: setup data lint lab test course app models clean
+.PHONY: setup data lint lab test test-gpu gpu-wheels course app models clean
 
 SEEDS ?= 1
 
-# Re-installs whenever pyproject.toml changes; pip keeps what is already satisfied.
-$(INSTALLED): pyproject.toml
+# One virtual environment. $(VENV)/.installed-X installs digitlib with the extra X (core: none); each
+# re-installs when pyproject.toml changes, and pip keeps what is already satisfied.
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".$(if $(filter core,$*),,[$*])"
 	$(BIN)/python -c "import torchvision.ops; print('torch', __import__('torch').__version__, 'torchvision', torchvision.__version__)"
 	touch $@
+
+INSTALLED := $(VENV)/.installed-test
 
 setup: $(INSTALLED) data
 
 # Copies MNIST from ../shared/mnist when it is there, else torchvision downloads it. Fashion-MNIST too,
 # when Debian's package dataset-fashion-mnist has put its files in $(FASHION_MNIST) (one command either way).
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
-data: $(INSTALLED)
+data: $(VENV)/.installed-core
 	$(BIN)/python -m digitlib data --dataset mnist $(if $(wildcard $(FASHION_MNIST)/*.gz),fashion)
 
-lab: setup
+lab: $(VENV)/.installed-course data
 	$(BIN)/jupyter lab notebooks/
 
 lint: $(INSTALLED)
@@ -43,18 +46,18 @@ test: setup lint
 # transport_encryption=auto: nbconvert gives each kernel CurveZMQ keys (its kernelspec declares
 # support), so the kernel's localhost TCP traffic is encrypted and ipykernel no longer warns about
 # plain text once per notebook. (transport=ipc would bind sockets relative to the notebook's folder.)
-course: setup
+course: $(VENV)/.installed-course data
 	mkdir -p build/notebooks
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
 		--KernelManager.transport_encryption=auto --output-dir build/notebooks notebooks/*.ipynb
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
 
-models: setup
+models: data
 	$(BIN)/python -m digitlib models --seeds $(SEEDS)
 
 # The pad alone, no code. Voila reads app/voila.py from its working folder (template, port, kernel
 # shutdown and culling) and finds the app's template, which loads nothing from other hosts, through JUPYTER_PATH.
-app: setup
+app: $(VENV)/.installed-app data
 	cd app && JUPYTER_PATH=$(CURDIR)/app/jupyter $(CURDIR)/$(BIN)/voila drawing_pad.ipynb
 
 clean:

@@ -27,7 +27,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 _SUBMODULES = (
     "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
-    "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
+    "extras", "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
 )
 
 __all__ = [
@@ -35,7 +35,7 @@ __all__ = [
     "data_dir", "figures_dir", "models_dir", "smoke_test",
     # The submodules, written out (not *_SUBMODULES) so that linters and editors can read the list.
     "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
-    "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
+    "extras", "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
 ]
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         evaluation,
         explain,
         export,
+        extras,
         files,
         loaders,
         models,

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError, DigitlibError
+from .extras import require
 from .models import count_parameters
 from .runtime import torch_threads
 
@@ -170,6 +171,7 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     torch 2.14's exporter captures the model with ``torch.export`` and translates it with onnxscript.
     The file is written next to ``out`` and renamed over it, so an interruption leaves no half file.
     """
+    require("onnxscript", "export", "exporting to ONNX")
     model = copy.deepcopy(model).cpu().eval()
     example = torch.zeros(2, 1, 28, 28)  # batch 2: a batch of 1 would be specialised to a constant
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -287,7 +289,7 @@ class OnnxModel(nn.Module):
         self.session = self._new_session(torch.get_num_threads())
 
     def _new_session(self, threads: int):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "export", f"running {self.path}")
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
