@@ -43,6 +43,14 @@ lint: $(INSTALLED)
 test: setup lint
 	DIGITLIB_SMOKE=1 $(BIN)/python -m pytest --nbval-lax --nbval-current-env tests notebooks
 
+# The CUDA check for a machine with a GPU and no package registry (CONTRIBUTING.md): `make gpu-wheels`
+# here, then `make test-gpu` there. It uses that machine's python3, not .venv.
+gpu-wheels:
+	bash tools/gpu.sh prepare
+
+test-gpu:
+	bash tools/gpu.sh test
+
 # transport_encryption=auto: nbconvert gives each kernel CurveZMQ keys (its kernelspec declares
 # support), so the kernel's localhost TCP traffic is encrypted and ipykernel no longer warns about
 # plain text once per notebook. (transport=ipc would bind sockets relative to the notebook's folder.)
