@@ -103,8 +103,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     status, _, err = run(["train", "--limit", "600", "--out", str(tmp_path / "x.pt")], capsys)
     assert status == 130 and "no epoch had finished, so nothing was saved" in err
 
-    def interrupted_after_saving(*args, checkpoint, **kwargs):
-        checkpoint.write_bytes(b"as if an epoch had been saved")
+    def interrupted_after_saving(*args, checkpoint, **kwargs):  # as if an epoch had been saved: a resume state
+        dl.checkpoints.save_checkpoint(checkpoint, dl.models.build_model("cnn"), resume={"epoch": 1})
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dl.training, "fit", interrupted_after_saving)
