@@ -94,7 +94,8 @@ def _add_train_command(commands) -> None:
         "DIGITLIB_SMOKE=1 implies 2,000)",
     )
     parser.add_argument("--out", type=Path, default=None,
-                        help="checkpoint path (default: models/<model>.pt, or models/quick/<model>.pt with --limit; "
+                        help="checkpoint path: a new or regular file (default: models/<model>.pt, or "
+                        "models/quick/<model>.pt with --limit or fewer --epochs than the full run; "
                         "models/fashion/<model>.pt and models/fashion/quick/<model>.pt with --dataset fashion)")
     parser.add_argument("--force", action="store_true", help="replace the checkpoint at --out if there is one")
     parser.add_argument("--resume", action="store_true",
@@ -102,17 +103,19 @@ def _add_train_command(commands) -> None:
     parser.set_defaults(handler=_train)
 
 
-def _train(args) -> int:
+def _train(args, again: str = "continue with the same flags plus --resume") -> int:
+    """``train``; ``again`` is what an interrupted run's message says to do to continue it."""
     from . import data, loaders, runtime, training
     from .checkpoints import update_checkpoint
+    from .files import hold_interrupts
     from .models import build_model, count_parameters
 
-    limit = args.limit or (2000 if smoke_test() else None)
-    out = args.out or dataset_models_dir(args.dataset) / ("quick" if limit else "") / f"{args.model}.pt"
-    _check_destination(out, args.force, args.resume)
-    device = runtime.pick_device(args.device)  # a bad --device fails before any data is loaded
+    limit = _train_limit(args.limit)
     full_run = FULL_RUNS[args.model]
     epochs = args.epochs or full_run.epochs
+    out = args.out or model_set_paths([args.model], 1, args.dataset, limit, epochs)[(args.model, 0)]
+    _check_destination(out, args.force, args.resume)
+    device = runtime.pick_device(args.device)  # a bad --device fails before any data is loaded
     max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
     lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
     if not args.resume:
@@ -141,34 +144,61 @@ def _train(args) -> int:
             amp=args.amp, device=device, checkpoint=out, resume=args.resume, metadata=metadata,
             progress=sys.stderr.isatty(), log=_print_now,
         )
+        test_loss, test_accuracy = training.test_step(model, test_loader, device, runtime.amp_dtype(device, args.amp))
+        best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
+        with hold_interrupts():  # like the epoch saves: Ctrl-C waits until the metrics are written
+            update_checkpoint(out, metrics={
+                "val_loss": history["val_loss"][best], "val_accuracy": history["val_accuracy"][best],
+                "test_loss": test_loss, "test_accuracy": test_accuracy, "test_images": len(splits.test_labels),
+            })
     except KeyboardInterrupt:
-        saved = out.exists() and out.stat().st_mtime_ns != before
-        kept = (f"{out} keeps the best epoch so far; continue with the same flags plus --resume" if saved
-                else "no epoch had finished, so nothing was saved" + (f" ({out} is unchanged)" if before else ""))
-        print(f"\ninterrupted: {kept}", file=sys.stderr)
+        ours = args.resume or (out.exists() and out.stat().st_mtime_ns != before)
+        print(f"\ninterrupted: {_what_was_kept(out, ours, again)}", file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-    test_loss, test_accuracy = training.test_step(model, test_loader, device, runtime.amp_dtype(device, args.amp))
-    best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
-    update_checkpoint(out, metrics={
-        "val_loss": history["val_loss"][best], "val_accuracy": history["val_accuracy"][best],
-        "test_loss": test_loss, "test_accuracy": test_accuracy, "test_images": len(splits.test_labels),
-    })
     print(f"best epoch {best + 1}: val accuracy {history['val_accuracy'][best]:.2%}")
     print(f"test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}, {len(splits.test_labels):,} images), "
           f"{sum(history['seconds']):.0f}s training, saved {out}")
     return 0
 
 
+def _train_limit(limit: int | None) -> int | None:
+    """The training images a run uses: ``--limit``, else 2,000 in smoke mode, else None (all)."""
+    return limit or (2000 if smoke_test() else None)
+
+
+def _what_was_kept(out: Path, ours: bool, again: str) -> str:
+    """What an interrupted ``train`` left at ``out``, read back from the file, and what to do next.
+
+    ``ours`` is False when the file there (if any) is not this run's: nothing was saved yet. ``again``
+    says how to continue a run that has a resume state (train: --resume; models: the same command).
+    """
+    from .checkpoints import read_checkpoint
+
+    if not ours:
+        return "no epoch had finished, so nothing was saved" + (f" ({out} is unchanged)" if out.exists() else "")
+    try:
+        saved = read_checkpoint(out)
+    except DigitlibError as error:
+        return f"{out} could not be read back ({error})"
+    if saved.get("resume"):
+        return f"{out} keeps the best epoch so far; {again}"
+    if "test_accuracy" in saved.get("metrics", {}):
+        return f"training had finished and {out} is saved with its test metrics: nothing to resume"
+    return (f"training had finished and {out} is saved, but its test accuracy was not measured: nothing to resume; "
+            f"measure it with `python -m digitlib evaluate --model {out}`")
+
+
 def _check_destination(out: Path, force: bool, resume: bool) -> None:
-    """Refuse to replace a checkpoint nobody asked to replace: it may hold hours of training."""
+    """Refuse to replace a checkpoint nobody asked to replace (it may hold hours of training), and
+    any destination that is not a regular file or a new path (``files.check_destination``)."""
     from .checkpoints import read_checkpoint
     from .errors import CheckpointError
     from .evaluation import recorded_accuracy
+    from .files import check_destination
 
-    if out.is_dir():
-        raise CheckpointError(f"{out} is a folder: give a file name for the checkpoint, e.g. {out / 'model.pt'}")
+    check_destination(out)
     if resume:
         if force:
             raise DigitlibError("--resume continues the checkpoint and --force replaces it: pass one of them")
@@ -210,7 +240,8 @@ def _add_models_command(commands) -> None:
         "models/<model>.pt (what notebooks 03-05, predict and the drawing pad load), further seeds into "
         "models/seeds/<model>-seed<N>.pt (an ensemble for evaluate and predict); with --dataset fashion the "
         "same under models/fashion/. Finished checkpoints are skipped and interrupted ones resumed, so the "
-        "command can be run again until it completes.",
+        "command can be run again until it completes. Runs with --limit, or fewer --epochs than the full runs, go to "
+        "models/quick/ instead, and a checkpoint is skipped only if it was trained with the settings asked for.",
     )
     parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
                         help="what to train on: mnist or fashion (Fashion-MNIST) (default: %(default)s)")
@@ -219,44 +250,82 @@ def _add_models_command(commands) -> None:
     parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per architecture (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="override the full runs' epochs (quick trials; default: the full runs')")
+                        help="override the full runs' epochs (quick trials, under models/quick/ when fewer; default: "
+                        "the full runs')")
     parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="train on this many of the 60,000 images (quick trials; default: all)")
+                        help="train on this many of the 60,000 images (quick trials, under models/quick/; "
+                        "default: all)")
     parser.set_defaults(handler=_models)
 
 
-def model_set_paths(archs, seeds: int, dataset: str = "mnist"):
-    """{(arch, seed): checkpoint path} of the model set that `models` trains."""
-    folder = dataset_models_dir(dataset)
-    return {(arch, seed): folder / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
-            for arch in archs for seed in range(seeds)}
+def model_set_paths(archs, seeds: int, dataset: str = "mnist", limit: int | None = None, epochs: int | None = None):
+    """{(arch, seed): checkpoint path} of the model set that `models` trains (seed 0 is also `train`'s default).
+
+    Under ``dataset_models_dir(dataset)``, or its ``quick/`` folder for an architecture trained on
+    ``limit`` images or fewer ``epochs`` than its full run: a quick run never takes the names that
+    ``predict``, the notebooks and the drawing pad load.
+    """
+    paths = {}
+    for arch in archs:
+        quick = limit is not None or (epochs is not None and epochs < FULL_RUNS[arch].epochs)
+        folder = dataset_models_dir(dataset) / ("quick" if quick else "")
+        for seed in range(seeds):
+            paths[arch, seed] = folder / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
+    return paths
 
 
 def _models(args) -> int:
-    from .checkpoints import read_checkpoint
-    from .errors import CheckpointError
-
     parser = build_parser()
-    for (arch, seed), out in model_set_paths(args.models, args.seeds, args.dataset).items():
-        resume = False
-        if out.exists():
-            try:
-                resume = bool(read_checkpoint(out).get("resume"))
-            except CheckpointError as error:
-                raise CheckpointError(f"{error} (move it away, and run `models` again to retrain it)") from None
-            if not resume:
-                print(f"{out}: already trained, skipped", flush=True)
-                continue
+    limit = _train_limit(args.limit)
+    plan = [(arch, seed, out, _model_set_state(out, _model_set_settings(args, arch, seed, limit)))
+            for (arch, seed), out in model_set_paths(args.models, args.seeds, args.dataset, limit, args.epochs).items()]
+    for arch, seed, out, state in plan:  # every file is checked before hours are spent on the first
+        if state == "trained":
+            print(f"{out}: already trained with these settings, skipped", flush=True)
+            continue
         argv = ["train", "--model", arch, "--dataset", args.dataset, "--seed", str(seed), "--device", args.device,
                 "--out", str(out)]
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         argv += ["--limit", str(args.limit)] if args.limit else []
-        argv += ["--resume"] if resume else []
-        print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if resume else ""), flush=True)
-        status = _train(parser.parse_args(argv))
+        argv += ["--resume"] if state == "resume" else []
+        print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if state == "resume" else ""), flush=True)
+        status = _train(parser.parse_args(argv), again="run the same command again to continue it")
         if status != 0:
             return status
     return 0
+
+
+def _model_set_settings(args, arch: str, seed: int, limit: int | None) -> dict:
+    """The settings that make a checkpoint of the model set "already trained": what ``models`` was asked for."""
+    epochs = args.epochs or FULL_RUNS[arch].epochs
+    return {"arch": arch, "seed": seed, "dataset": args.dataset, "train_limit": limit, "epochs": epochs}
+
+
+def _model_set_state(out: Path, wanted: dict) -> str:
+    """"new", "resume" or "trained" for the model-set checkpoint ``out``, trained with the ``wanted`` settings.
+
+    Raises one line for a destination that is not a regular file, an unreadable checkpoint, and one
+    trained (or started) with other settings: it is never skipped as if it were this run's, nor replaced.
+    """
+    from .checkpoints import read_checkpoint
+    from .data import dataset_of
+    from .files import check_destination
+
+    if not check_destination(out).exists():
+        return "new"
+    try:
+        info = read_checkpoint(out)
+    except DigitlibError as error:
+        raise DigitlibError(f"{error} (move it away, and run `models` again to retrain it)") from None
+    recorded = {"arch": info.get("arch"), "seed": info.get("seed"), "dataset": dataset_of(info),
+                "train_limit": info.get("data", {}).get("train_limit"),
+                "epochs": info.get("training", {}).get("epochs")}
+    differ = [key for key in wanted if recorded[key] != wanted[key]]
+    if differ:
+        was, now = (", ".join(f"{key}={values[key]}" for key in differ) for values in (recorded, wanted))
+        raise DigitlibError(f"{out} was trained with {was}, not the {now} this run asks for: move it away and run "
+                            "the same command to train it again, or run `models` with the settings it was trained with")
+    return "resume" if info.get("resume") else "trained"
 
 
 def _add_bench_command(commands) -> None:

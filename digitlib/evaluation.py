@@ -249,10 +249,13 @@ def best_checkpoint(
 
     ``folder`` defaults to ``dataset_models_dir(dataset)`` (``models/``, or ``models/fashion/``); its
     subfolders are not searched. Test accuracy where recorded, else validation accuracy. Checkpoints
-    trained on another dataset are passed over: a Fashion-MNIST model never reads digits. Unreadable
-    files are skipped, and ``log`` is told which and why; raises :class:`CheckpointError` when none is usable.
+    trained on another dataset are passed over: a Fashion-MNIST model never reads digits. Every file is
+    read and checked (``checkpoints.read_checkpoint``: metrics, history and every other recorded field,
+    plus a usable normalisation): one that fails is skipped, and ``log`` is told which and why, so a
+    damaged file that is not the best one cannot stop ``predict``, and a crafted one claiming 150 %
+    is never chosen. Raises :class:`CheckpointError` when none is usable.
     """
-    from .checkpoints import read_checkpoint
+    from .checkpoints import normalization, read_checkpoint
     from .config import dataset_models_dir
     from .data import dataset_info, dataset_of
 
@@ -262,6 +265,7 @@ def best_checkpoint(
     for path in sorted(folder.glob("*.pt")):
         try:
             checkpoint = read_checkpoint(path)
+            normalization(checkpoint, path)
             recorded = recorded_accuracy(checkpoint) if dataset_of(checkpoint) == info.name else None
         except DigitlibError as error:
             if log:

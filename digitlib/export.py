@@ -38,14 +38,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoints import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, check_fields
 from .errors import CheckpointError, DigitlibError
 from .extras import require
 from .models import count_parameters
 from .runtime import torch_threads
 
 ONNX_FORMAT = "digitlib-onnx-v1"
-INPUT_NAME = "image"  # (N, 1, 28, 28) float32, normalised with the metadata's mean and std
-OUTPUT_NAME = "log_probs"  # (N, 10), as the PyTorch models return
+INPUT_NAME = ONNX_INPUT_NAME  # (N, 1, 28, 28) float32, normalised with the metadata's mean and std
+OUTPUT_NAME = ONNX_OUTPUT_NAME  # (N, 10), as the PyTorch models return
 ONNX_FORMATS = ("onnx", "onnx-int8")
 #: Checkpoint fields never copied into an ONNX file: the weights (in the graph already), the
 #: checkpoint's own marker, and the training state kept for --resume.
@@ -169,7 +170,9 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     """Write ``model`` (fp32, any batch size) to ``out`` as ONNX, with ``info`` in its metadata.
 
     torch 2.14's exporter captures the model with ``torch.export`` and translates it with onnxscript.
-    The file is written next to ``out`` and renamed over it, so an interruption leaves no half file.
+    The metadata is checked first as :func:`load_onnx` will check it (``checkpoints.check_fields``):
+    a field it would refuse is never written. The file is written next to ``out`` and renamed over it,
+    so an interruption leaves no half file.
     """
     require("onnxscript", "export", "exporting to ONNX")
     model = copy.deepcopy(model).cpu().eval()
@@ -183,7 +186,9 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     assert program is not None  # dynamo=True always returns the program
     proto = program.model_proto
     # An ONNX graph has initializers, not parameters: record the count so `evaluate` can still report it.
-    _attach_metadata(proto, onnx_metadata(info, quantization="none", parameters=count_parameters(model)))
+    metadata = onnx_metadata(info, quantization="none", parameters=count_parameters(model))
+    check_fields(read_onnx_metadata(metadata), out)  # written only if load_onnx will believe it
+    _attach_metadata(proto, metadata)
     return _write_onnx(proto, Path(out))
 
 
@@ -242,19 +247,20 @@ def export_checkpoint(
 ) -> Path:
     """``python -m digitlib export``: the checkpoint at ``checkpoint`` as ``fmt`` (``onnx``/``onnx-int8``) at ``out``.
 
-    Refuses, with one line, an ``out`` that exists (unless ``force``), that is the checkpoint itself,
-    or whose name does not end in ``.onnx`` (what ``predict`` and ``evaluate`` recognise).
+    Refuses, with one line, an ``out`` that is not a regular file or a new path (a folder, a device, a
+    FIFO, a socket: ``files.check_destination``), that exists (unless ``force``), that is the checkpoint
+    itself, or whose name does not end in ``.onnx`` (what ``predict`` and ``evaluate`` recognise).
     """
     from .checkpoints import load_checkpoint, normalization
     from .data import dataset_of
+    from .files import check_destination
 
     checkpoint, out = Path(checkpoint), Path(out)
     if fmt not in ONNX_FORMATS:
         raise DigitlibError(f"unknown export format {fmt!r}: choose one of {', '.join(ONNX_FORMATS)}")
+    check_destination(out)
     if out.suffix != ".onnx":
         raise DigitlibError(f"{out}: an exported model's name must end in .onnx, e.g. {out.with_suffix('.onnx')}")
-    if out.is_dir():
-        raise DigitlibError(f"{out} is a folder: give a file name, e.g. {out / (checkpoint.stem + '.onnx')}")
     if out.exists() and out.resolve() == checkpoint.resolve():
         raise DigitlibError(f"{out} is the checkpoint being exported: choose another --out")
     if (out.exists() or out.is_symlink()) and not force:
@@ -277,7 +283,8 @@ class OnnxModel(nn.Module):
     """An ONNX file run by ONNX Runtime on the CPU, used like the PyTorch model it came from.
 
     ``forward`` takes the normalised float tensor (N, 1, 28, 28), on any device, and returns the log
-    probabilities (N, 10) as a CPU tensor. ONNX Runtime follows PyTorch's thread setting
+    probabilities (N, 10) as a CPU tensor (a graph made for batches of one image is run once per image).
+    ONNX Runtime follows PyTorch's thread setting
     (``torch.set_num_threads``, ``runtime.torch_threads``): the session is rebuilt, once, when that
     setting changes, so timing code treats both runtimes alike.
     """
@@ -305,6 +312,8 @@ class OnnxModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.get_num_threads() != self.threads:
             self.session = self._new_session(torch.get_num_threads())
+        if len(x) > 1 and self.session.get_inputs()[0].shape[0] == 1:  # a graph fixed to a batch of one
+            return torch.cat([self(image) for image in x.split(1)])
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: array})[0])
 
@@ -316,12 +325,21 @@ def load_onnx(path: str | os.PathLike) -> tuple[OnnxModel, dict]:
     """(model, info) for a ``.onnx`` file written by :func:`export_onnx` or :func:`quantize_onnx`.
 
     ``info`` is the checkpoint's information as the metadata recorded it (``arch``, ``normalization``,
-    ``metrics``, ...), plus ``path``. A missing, unreadable or damaged file, or an ONNX model that
-    digitlib did not export, raises :class:`CheckpointError` with one line.
+    ``metrics``, ...), plus ``path``. A missing, unreadable or damaged file, an ONNX model that digitlib
+    did not export, metadata that fails ``checkpoints.check_fields``, an input other than 1x28x28
+    images, or outputs that are not ten log probabilities on a probe image
+    (``checkpoints.check_log_probabilities``) raise :class:`CheckpointError` with one line.
     """
-    from .checkpoints import normalization, unreadable_file_message
+    from .checkpoints import (
+        check_log_probabilities,
+        check_onnx_signature,
+        normalization,
+        refuse_special_file,
+        unreadable_file_message,
+    )
 
     path = Path(path)
+    refuse_special_file(path, "ONNX model")
     try:
         model_bytes = path.read_bytes()
     except FileNotFoundError:
@@ -349,13 +367,9 @@ def load_onnx(path: str | os.PathLike) -> tuple[OnnxModel, dict]:
             f"{path} is an ONNX model but not one digitlib exported (no '{ONNX_FORMAT}' metadata, so no "
             "normalisation): export a digitlib checkpoint with `python -m digitlib export`"
         )
-    inputs, outputs = model.session.get_inputs(), model.session.get_outputs()
-    if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
-        raise CheckpointError(
-            f"{path} takes {[i.name for i in inputs]} and gives {[o.name for o in outputs]}, not "
-            f"['{INPUT_NAME}'] → ['{OUTPUT_NAME}']: export it again with `python -m digitlib export`"
-        )
-    normalization(info, path)  # an unusable normalisation fails here, with its own message
+    check_fields(info, path)
+    check_onnx_signature(model.session.get_inputs(), model.session.get_outputs(), path)
+    check_log_probabilities(model, normalization(info, path), path)
     info["path"] = path
     return model.eval(), info
 

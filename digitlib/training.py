@@ -13,8 +13,6 @@ import contextlib
 import errno
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,11 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoints import read_checkpoint, save_checkpoint
+from .checkpoints import HISTORY_KEYS, check_optimizer_state, check_resume_state, read_checkpoint, save_checkpoint
 from .errors import CheckpointError, DigitlibError
+from .files import check_destination, hold_interrupts
+from .models import architecture_of
 from .runtime import amp_dtype, autocast, batch_to, pick_device, seed_everything
-
-HISTORY_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
 class History(TypedDict):
@@ -216,7 +214,7 @@ def fit(
             "rng": _rng_states(),
         }
         best_epoch = int(np.argmax(history["val_accuracy"]))
-        with _finish_before_interrupting(), _clear_write_errors(checkpoint):
+        with hold_interrupts(), _clear_write_errors(checkpoint):
             save_checkpoint(
                 checkpoint, model, state_dict=best_state, **metadata, history=history, training=settings,
                 epochs_completed=len(history["epoch"]), best_epoch=best_epoch + 1,
@@ -285,12 +283,11 @@ def _check_settings(epochs: int, lr: float, max_lr: float, weight_decay: float, 
 def check_writable(path: str | os.PathLike) -> Path:
     """Make sure a checkpoint can be written at ``path`` before hours are spent training for it.
 
-    Creates the folder, then writes and removes a probe file in it. Raises CheckpointError with the
-    reason: the path is a folder, a parent is a file, the folder is read-only, or the disk is full.
+    Creates the folder, then writes and removes a probe file in it. Raises one line with the reason:
+    the path is a folder or a special file (``files.check_destination``), a parent is a file, the
+    folder is read-only, or the disk is full.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder: give a file name for the checkpoint, e.g. {path / 'model.pt'}")
+    path = check_destination(Path(path))
     with _clear_write_errors(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         probe = path.parent / f".{path.name}.probe"
@@ -316,28 +313,6 @@ def _clear_write_errors(path: str | os.PathLike) -> Iterator[None]:
         raise CheckpointError(f"cannot write the checkpoint {path}: {reason}") from None
 
 
-@contextlib.contextmanager
-def _finish_before_interrupting() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM until the block is done, then raise KeyboardInterrupt.
-
-    A checkpoint write that is cut short leaves nothing behind; one that is allowed to finish
-    keeps the epoch just trained. Signal handlers can only be set in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in held}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-    if received:
-        raise KeyboardInterrupt
-
-
 def _rng_states() -> dict:
     """The global random states a training epoch draws from (dropout, and anything the loader uses)."""
     return {
@@ -347,7 +322,7 @@ def _rng_states() -> dict:
 
 
 def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
+    torch.set_rng_state(states["torch"].cpu())
     if states.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -357,15 +332,41 @@ def _shown(value) -> str:
 
 
 def _restore(checkpoint, model, optimizer, scheduler, scaler, settings: dict, metadata: dict):
-    """Load the resume state into the objects; return (next epoch, history, best weights, metadata)."""
+    """Load the resume state into the objects; return (next epoch, history, best weights, metadata).
+
+    Every failure is one CheckpointError line: no resume state (the run finished), another run (its
+    architecture, settings or metadata differ from this one's), or a damaged state
+    (``checkpoints.check_resume_state``), all found before anything is loaded.
+    """
     if checkpoint is None:
         raise CheckpointError("resume=True needs the checkpoint to resume from: pass checkpoint=PATH.")
     payload = read_checkpoint(checkpoint, map_location=next(model.parameters()).device)
-    state = payload.get("resume")
-    if not state:
+    if not payload.get("resume"):
         raise CheckpointError(
             f"{checkpoint} finished training ({payload.get('epochs_completed')} epochs): nothing to resume."
         )
+    saved_metadata = _check_same_run(payload, checkpoint, model, settings, metadata)
+    fresh = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    state = check_resume_state(payload, checkpoint, fresh)
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{checkpoint} does not fit this model or optimizer: {error}".splitlines()[0]) from None
+    check_optimizer_state(optimizer, checkpoint)
+    if state.get("rng"):
+        _set_rng_states(state["rng"])
+    return state["epoch"], payload["history"], payload["state_dict"], {**saved_metadata, **metadata}
+
+
+def _check_same_run(payload: dict, checkpoint, model: nn.Module, settings: dict, metadata: dict) -> dict:
+    """Raise CheckpointError unless ``payload`` is a run of ``model``'s architecture with these ``settings``
+    and ``metadata``; return its metadata. The architecture comes first: another one also has other
+    default settings, and "max_lr differs" would hide the real difference."""
+    _check_same_architecture(payload, checkpoint, model)
     saved_settings = payload.get("training", {})
     for key in RESUME_SETTINGS:
         before, now = _shown(saved_settings.get(key)), _shown(settings[key])
@@ -383,17 +384,23 @@ def _restore(checkpoint, model, optimizer, scheduler, scaler, settings: dict, me
                 f"{checkpoint} was started with {key}={saved_metadata[key]}, this run has {key}={value}: resume it "
                 "with the same data and seed, or train into a new checkpoint"
             )
+    return saved_metadata
+
+
+def _check_same_architecture(payload: dict, checkpoint, model: nn.Module) -> None:
+    """Raise CheckpointError unless the run in ``payload`` trained ``model``'s architecture (for a model digitlib
+    does not know, its class, which is what the checkpoint records)."""
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise CheckpointError(f"{checkpoint} does not fit this model or optimizer: {error}".splitlines()[0]) from None
-    if state.get("rng"):
-        _set_rng_states(state["rng"])
-    return state["epoch"], payload["history"], payload["state_dict"], {**saved_metadata, **metadata}
+        arch = architecture_of(model)
+    except ValueError:
+        arch = None
+    if payload.get("arch") == arch and (arch is not None or payload.get("arch_class") == type(model).__qualname__):
+        return
+    saved = payload.get("arch") or payload.get("arch_class")
+    raise CheckpointError(
+        f"{checkpoint} was started with a {saved!r} model, this run trains a {arch or type(model).__qualname__!r}: "
+        f"resume it with the same architecture (--model {saved}), or train into a new checkpoint"
+    )
 
 
 def load_or_train(

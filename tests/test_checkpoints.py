@@ -240,7 +240,9 @@ def test_wrong_architecture_asked(cnn_checkpoint):
 
 def test_unknown_architecture(cnn_checkpoint):
     path, _ = cnn_checkpoint
-    update_checkpoint(path, arch="vgg")
+    with pytest.raises(dl.CheckpointError, match="unknown architecture 'vgg'"):
+        update_checkpoint(path, arch="vgg")  # never written by digitlib...
+    rewrite(path, arch="vgg")  # ...only by hand
     with pytest.raises(dl.CheckpointError, match="unknown architecture 'vgg'"):
         load_checkpoint(path)
 
@@ -366,11 +368,16 @@ def test_normalization_is_read_as_two_floats(cnn_checkpoint):
 
 @pytest.mark.parametrize("recorded", [None, {}, {"mean": 0.1}, [0.1, 0.3]], ids=["absent", "empty", "no-std", "list"])
 def test_a_checkpoint_without_normalization(tmp_path, recorded):
-    fields = {} if recorded is None else {"normalization": recorded}
-    path = save_checkpoint(tmp_path / "cnn.pt", dl.models.DigitCNN(), **fields)
-    _, info = load_checkpoint(path)
-    with pytest.raises(dl.CheckpointError, match=r"cnn\.pt does not record its training normalisation \(mean, std\)"):
-        normalization(info, path)
+    path = save_checkpoint(tmp_path / "cnn.pt", dl.models.DigitCNN())
+    message = r"cnn\.pt does not record its training normalisation \(mean, std\)"
+    if recorded is None:  # a notebook's model saved without metadata: it loads, and says what it lacks when asked
+        _, info = load_checkpoint(path)
+        with pytest.raises(dl.CheckpointError, match=message):
+            normalization(info, path)
+    else:  # recorded, but not as digitlib records it: refused where it is read
+        rewrite(path, normalization=recorded)
+        with pytest.raises(dl.CheckpointError, match=message):
+            load_checkpoint(path)
 
 
 @pytest.mark.parametrize(
@@ -379,10 +386,17 @@ def test_a_checkpoint_without_normalization(tmp_path, recorded):
     ids=["std-zero", "std-negative", "mean-nan", "std-inf", "mean-text", "std-none"],
 )
 def test_unusable_normalization_is_refused(tmp_path, mean, std):
-    path = save_checkpoint(tmp_path / "cnn.pt", dl.models.DigitCNN(), normalization={"mean": mean, "std": std})
-    _, info = load_checkpoint(path)
-    with pytest.raises(dl.CheckpointError, match=r"cnn\.pt records an unusable normalisation .*std above 0"):
-        normalization(info, path)
+    path = tmp_path / "cnn.pt"
+    message = r"cnn\.pt records an unusable normalisation .*std above 0"
+    with pytest.raises(dl.CheckpointError, match=message):
+        save_checkpoint(path, dl.models.DigitCNN(), normalization={"mean": mean, "std": std})
+    assert not path.exists()  # never written...
+    save_checkpoint(path, dl.models.DigitCNN(), normalization=NORMALIZATION)
+    rewrite(path, normalization={"mean": mean, "std": std})  # ...only crafted
+    with pytest.raises(dl.CheckpointError, match=message):
+        load_checkpoint(path)
+    with pytest.raises(dl.CheckpointError, match=message):
+        normalization({"normalization": {"mean": mean, "std": std}}, path)
 
 
 class NotebookNet(torch.nn.Module):
@@ -444,3 +458,60 @@ def test_torchvision_and_cv2_load_only_when_needed():
     import torchvision
 
     assert versions()["torchvision"] == str(torchvision.__version__)
+
+
+# --- Issue 23: every recorded field is checked where it is read ----------------------------------
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"metrics": {"test_accuracy": 1.5}}, "records metrics.test_accuracy = 1.5, not a number from 0 to 1"),
+        ({"metrics": {"val_accuracy": -0.1}}, "records metrics.val_accuracy = -0.1, not a number from 0 to 1"),
+        ({"metrics": {"val_loss": NAN}}, "records metrics.val_loss = nan, not a finite number of 0 or more"),
+        ({"metrics": {"test_accuracy": "99%"}}, "records metrics.test_accuracy = '99%', not a number from 0 to 1"),
+        ({"metrics": {"test_images": 2.5}}, "records metrics.test_images = 2.5, not a whole number of 1 or more"),
+        ({"metrics": "excellent"}, "records metrics = 'excellent', not a dict"),
+        ({"metrics": [0.99]}, r"records metrics = \[0\.99\], not a dict"),
+        ({"history": {"val_accuracy": "high"}}, "records history.val_accuracy = 'high', not a list of numbers"),
+        ({"history": {"epoch": [1, 2], "val_loss": [0.1]}}, r"records a history of \[1, 2\] epochs, not of one length"),
+        ({"training": ["epochs", 3]}, r"records training = \['epochs', 3\], not a dict"),
+        ({"training": {"epochs": 0}}, "records training.epochs = 0, not a whole number of 1 or more"),
+        ({"training": {"max_lr": NAN}}, "records training.max_lr = nan, not a finite positive number"),
+        ({"data": {"train_limit": -5}}, "records data.train_limit = -5, not None or a whole number"),
+        ({"data": {"dataset": "cifar"}}, "unknown dataset"),
+        ({"seed": "zero"}, "records seed = 'zero', not a whole number"),
+        ({"epochs_completed": "3"}, "records epochs_completed = '3', not a whole number of 0 or more"),
+        ({"epochs_completed": 2, "best_epoch": 5}, r"records best_epoch = 5, not at most epochs_completed \(2\)"),
+        ({"standin": "yes"}, "records standin = 'yes', not True or False"),
+        ({"resume": [1]}, r"records resume = \[1\], not None or a dict"),
+    ],
+    ids=["accuracy-150", "accuracy-negative", "loss-nan", "accuracy-text", "images-fraction", "metrics-text",
+         "metrics-list", "history-text", "history-ragged", "training-list", "epochs-zero", "max-lr-nan",
+         "limit-negative", "dataset-unknown", "seed-text", "epochs-text", "best-after-last", "standin-text",
+         "resume-list"],
+)
+def test_recorded_fields_are_checked_where_they_are_read(cnn_checkpoint, fields, message):
+    path, _ = cnn_checkpoint
+    rewrite(path, **fields)
+    for read in (read_checkpoint, load_checkpoint):
+        with pytest.raises(dl.CheckpointError, match=message) as caught:
+            read(path)
+        assert str(caught.value).startswith(str(path)) and "\n" not in str(caught.value)
+
+
+def test_fields_that_would_be_refused_are_never_written(cnn_checkpoint):
+    path, model = cnn_checkpoint
+    before = path.read_bytes()
+    with pytest.raises(dl.CheckpointError, match="metrics.test_accuracy = 1.5"):
+        update_checkpoint(path, metrics={"test_accuracy": 1.5})
+    with pytest.raises(dl.CheckpointError, match="metrics = 'good'"):
+        save_checkpoint(path, model, metrics="good")
+    assert path.read_bytes() == before
+
+
+def test_the_callers_own_fields_are_left_alone(tmp_path):
+    path = save_checkpoint(tmp_path / "cnn.pt", dl.models.DigitCNN(), temperature=1.37, notes=["any", {"thing": 1}])
+    assert read_checkpoint(path)["notes"] == ["any", {"thing": 1}]

@@ -262,3 +262,260 @@ def test_training_and_prediction_do_not_load_widgets_or_plots():
             f"print([m for m in {heavy!r} if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+# --- Issue 23: destinations are regular files or new paths ---------------------------------------
+
+
+def special_file(kind: str, path: Path) -> tuple[Path, object]:
+    """A FIFO, a socket or a folder made at ``path``, or /dev/null itself: (its path, what to close after).
+
+    /dev/null is only ever looked at: a passing test has not touched it, a failing one would have
+    replaced it only as root (the bug this guards against), so each test also checks it is unchanged.
+    """
+    import socket
+
+    if kind == "devnull":
+        return Path(os.devnull), None
+    if kind == "fifo":
+        os.mkfifo(path)
+        return path, None
+    if kind == "folder":
+        path.mkdir()
+        return path, None
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    return path, server
+
+
+def signature(path: Path) -> tuple:
+    """What a replacement would change: the inode, its type and its device number."""
+    info = os.stat(path)
+    return info.st_ino, info.st_mode, info.st_rdev
+
+
+KIND_WORDS = {"fifo": "is a FIFO (named pipe), not a regular file", "socket": "is a socket, not a regular file",
+              "devnull": "is a character device, not a regular file", "folder": "is a folder, not a regular file"}
+
+
+@pytest.mark.parametrize("kind", KIND_WORDS)
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_out_refuses_anything_but_a_regular_file(tmp_path, capsys, monkeypatch, tiny_checkpoint, command, kind):
+    out, to_close = special_file(kind, tmp_path / "o.onnx")
+    before = signature(out)
+    monkeypatch.setattr(dl.data, "load_splits", lambda *a, **k: pytest.fail("loaded data before checking --out"))
+    monkeypatch.setattr(dl.checkpoints, "load_checkpoint", lambda *a, **k: pytest.fail("exported before checking"))
+    argv = [*TINY, "--out", out, "--force"] if command == "train" else [
+        "export", "--model", tiny_checkpoint, "--out", out, "--force"]
+    try:
+        status, stdout, err = run(argv, capsys)
+    finally:
+        if to_close is not None:
+            to_close.close()
+    assert one_line_error(status, err, f"{out} {KIND_WORDS[kind]}") and stdout == ""
+    assert signature(out) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket", "devnull", "folder"])
+def test_models_refuses_a_set_path_that_is_not_a_regular_file(tmp_path, capsys, monkeypatch, kind):
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    (tmp_path / "quick").mkdir()
+    where = tmp_path / "quick" / "cnn.pt"
+    if kind == "devnull":
+        where.symlink_to(os.devnull)  # a link to a device is that device
+    else:
+        special_file(kind, where)
+    monkeypatch.setattr(dl.data, "load_splits", lambda *a, **k: pytest.fail("loaded data before checking"))
+    status, _, err = run(["models", "--models", "cnn", "--epochs", "1", "--limit", "300"], capsys)
+    assert one_line_error(status, err, str(where), KIND_WORDS[kind].split(",")[0])
+    assert kind == "folder" or not where.is_file()
+
+
+def test_a_fifo_is_not_read_as_a_checkpoint_or_an_onnx_file(tmp_path, capsys):
+    fifo = tmp_path / "model.pt"
+    os.mkfifo(fifo)
+    os.mkfifo(tmp_path / "model.onnx")
+    signal.alarm(60)  # opening a FIFO waits for a writer: a regression hangs here, and fails after a minute
+    try:
+        for path in (fifo, tmp_path / "model.onnx"):
+            status, _, err = run(["evaluate", "--model", path, "--repeats", "0"], capsys)
+            assert one_line_error(status, err, f"{path} is a FIFO (named pipe), not a")
+    finally:
+        signal.alarm(0)
+
+
+# --- Issue 23: quick runs never take the real names; "already trained" means with these settings --
+
+
+def test_reduced_runs_are_quick_runs():
+    paths = dl.cli.model_set_paths(["cnn", "resnet"], 2, "mnist", None, 15)  # 15: the CNN's full run, not the ResNet's
+    root = dl.config.dataset_models_dir("mnist")
+    assert paths == {("cnn", 0): root / "cnn.pt", ("cnn", 1): root / "seeds" / "cnn-seed1.pt",
+                     ("resnet", 0): root / "quick" / "resnet.pt",
+                     ("resnet", 1): root / "quick" / "seeds" / "resnet-seed1.pt"}
+    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", 2000)[("cnn", 0)] == root / "quick" / "cnn.pt"
+    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", None, 14)[("cnn", 0)] == root / "quick" / "cnn.pt"
+
+
+def test_a_model_set_checkpoint_trained_otherwise_is_neither_skipped_nor_replaced(tiny_checkpoint, tmp_path,
+                                                                                   monkeypatch, capsys):
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    full = tmp_path / "cnn.pt"
+    full.write_bytes(tiny_checkpoint.read_bytes())  # a quick run under the full model's name (the old bug)
+    monkeypatch.setattr(dl.data, "load_splits", lambda *a, **k: pytest.fail("trained something"))
+    status, out, err = run(["models", "--models", "cnn"], capsys)
+    assert one_line_error(status, err, f"{full} was trained with train_limit=600, epochs=2, not the "
+                          "train_limit=None, epochs=15 this run asks for: move it away")
+    assert out == "" and full.read_bytes() == tiny_checkpoint.read_bytes()
+    quick = tmp_path / "quick" / "cnn.pt"
+    quick.parent.mkdir()
+    full.rename(quick)
+    status, out, err = run(["models", "--models", "cnn", "--limit", "600", "--epochs", "2"], capsys)
+    assert status == 0 and out == f"{quick}: already trained with these settings, skipped\n", err
+    status, _, err = run(["models", "--models", "cnn", "--limit", "600", "--epochs", "3"], capsys)
+    assert one_line_error(status, err, f"{quick} was trained with epochs=2, not the epochs=3")
+
+
+# --- Issue 23: interruptions are reported as they are --------------------------------------------
+
+
+def ctrl_c_during(module, name: str, monkeypatch, when=lambda *args, **fields: True) -> None:
+    """Make ``module.name`` receive a real SIGINT while it runs (when ``when(*args, **fields)``)."""
+    real = getattr(module, name)
+
+    def interrupted(*args, **fields):
+        if when(*args, **fields):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **fields)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
+def test_ctrl_c_during_the_final_save_says_training_finished(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cnn.pt"
+    ctrl_c_during(dl.training, "save_checkpoint", monkeypatch, when=lambda *a, **fields: fields["resume"] is None)
+    status, _, err = run([*TINY, "--out", out], capsys)
+    assert one_line_error(status, err.strip(), f"interrupted: training had finished and {out} is saved, but its "
+                          "test accuracy was not measured: nothing to resume; measure it with `python -m digitlib "
+                          f"evaluate --model {out}`")
+    assert status == 130 and "--resume" not in err
+    assert read_checkpoint(out)["resume"] is None
+    status, _, err = run([*TINY, "--out", out, "--resume"], capsys)
+    assert one_line_error(status, err, "finished training (2 epochs): nothing to resume")
+
+
+def test_ctrl_c_during_the_final_metrics_update_is_held_until_it_is_written(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "cnn.pt"
+    ctrl_c_during(dl.checkpoints, "update_checkpoint", monkeypatch)
+    status, _, err = run([*TINY, "--out", out], capsys)
+    assert status == 130 and one_line_error(status, err.strip(), f"interrupted: training had finished and {out} is "
+                                            "saved with its test metrics: nothing to resume")
+    assert 0 < read_checkpoint(out)["metrics"]["test_accuracy"] <= 1
+
+
+# --- Issue 23: a resume state is checked before training continues -------------------------------
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> Path:
+    """A TINY run of 3 epochs stopped by Ctrl-C after its first epoch was saved: it holds a resume state."""
+    path = tmp_path_factory.mktemp("interrupted") / "run.pt"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(dl.cli, "_print_now", lambda line: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main([*TINY, "--epochs", "3", "--out", str(path)]) == 130
+    return path
+
+
+def _damage(payload: dict, change: str) -> None:
+    """Damage a resume state ``payload`` in the way ``change`` names, as a crafted or corrupted file would be."""
+    state = payload["resume"]
+    first_weight = next(iter(state["model"]))
+    if change == "model-not-a-dict":
+        state["model"] = [1, 2]
+    elif change == "history-missing":
+        del payload["history"]
+    elif change == "training-a-list":
+        payload["training"] = [3]
+    elif change == "epoch-text":
+        state["epoch"] = "1"
+    elif change == "epoch-negative":
+        state["epoch"] = -1
+    elif change == "epoch-past-the-end":
+        state["epoch"] = 3
+    elif change == "history-empty":
+        payload["history"] = {key: [] for key in payload["history"]}
+    elif change == "rng-garbage":
+        state["rng"]["torch"] = torch.full_like(state["rng"]["torch"], 7)
+    elif change == "rng-short":
+        state["rng"]["torch"] = state["rng"]["torch"][:100]
+    elif change == "nan-weights":
+        state["model"][first_weight] = torch.full_like(state["model"][first_weight], float("nan"))
+    elif change == "nan-optimizer":
+        moment = state["optimizer"]["state"][0]["exp_avg"]
+        state["optimizer"]["state"][0]["exp_avg"] = torch.full_like(moment, float("inf"))
+    elif change == "optimizer-shape":
+        state["optimizer"]["state"][0]["exp_avg"] = torch.zeros(3)
+    elif change == "scheduler-garbage":
+        state["scheduler"] = {"last_epoch": "soon"}
+
+
+DAMAGE = {
+    "model-not-a-dict": "resume.model is not a dict of weights (list)",
+    "history-missing": "history missing",
+    "training-a-list": "records training = [3], not a dict",
+    "epoch-text": "resume.epoch is '1', not the 1 epochs its history holds",
+    "epoch-negative": "resume.epoch is -1, not the 1 epochs its history holds, from 1 to 3 - 1",
+    "epoch-past-the-end": "resume.epoch is 3, not the 1 epochs",
+    "history-empty": "resume.epoch is 1, not the 0 epochs its history holds",
+    "rng-garbage": "resume.rng.torch is not a random-number state",
+    "rng-short": "resume.rng.torch is not a random-number state",
+    "nan-weights": "NaN or infinity in resume.model.",
+    "nan-optimizer": "NaN or infinity in resume.optimizer.state.0.exp_avg",
+    "optimizer-shape": "its optimizer's exp_avg has shape [3] for a weight of",
+    "scheduler-garbage": "resume.scheduler does not have the entries this run's has",
+}
+
+
+@pytest.mark.parametrize("change", DAMAGE)
+def test_a_damaged_resume_state_is_one_line_naming_what_is_wrong(interrupted_run, tmp_path, capsys, change):
+    path = tmp_path / "run.pt"
+    payload = torch.load(interrupted_run, weights_only=True)
+    _damage(payload, change)
+    torch.save(payload, path)
+    status, out, err = run([*TINY, "--epochs", "3", "--out", path, "--resume"], capsys)
+    assert one_line_error(status, err, str(path), DAMAGE[change]), err
+    assert "learning rate" not in err and "epoch   2/3" not in out
+
+
+def test_resuming_with_another_architecture_names_it(interrupted_run, capsys):
+    status, _, err = run([*TINY, "--epochs", "3", "--out", interrupted_run, "--resume", "--model", "resnet"], capsys)
+    assert one_line_error(status, err, "was started with a 'cnn' model, this run trains a 'resnet'", "--model cnn")
+    assert "max_lr" not in err
+
+
+# --- Issue 23: recorded metrics are believed only once checked -----------------------------------
+
+
+def test_a_crafted_checkpoint_is_skipped_when_choosing_and_refused_when_named(tiny_checkpoint, tmp_path,
+                                                                               monkeypatch, capsys):
+    from PIL import Image
+
+    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    good = tmp_path / "cnn.pt"
+    good.write_bytes(tiny_checkpoint.read_bytes())
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({**payload, "metrics": {"test_accuracy": 1.5}}, tmp_path / "boastful.pt")  # would win, at 150 %
+    torch.save({**payload, "metrics": "excellent"}, tmp_path / "chatty.pt")  # crashed predict even unchosen
+    image = tmp_path / "digit.png"
+    Image.fromarray(dl.data.load_mnist(train=False)[0][0].numpy()).save(image)
+    status, out, err = run(["predict", image], capsys)
+    assert status == 0 and out.startswith(f"model {good} (cnn, test accuracy "), err
+    assert err.splitlines() == [
+        f"warning: skipped {tmp_path / 'boastful.pt'}: {tmp_path / 'boastful.pt'} records metrics.test_accuracy = "
+        "1.5, not a number from 0 to 1: the file is damaged or was not written by digitlib; train it again",
+        f"warning: skipped {tmp_path / 'chatty.pt'}: {tmp_path / 'chatty.pt'} records metrics = 'excellent', not a "
+        "dict: the file is damaged or was not written by digitlib; train it again",
+    ]
+    for command in (["predict", image], ["evaluate", "--repeats", "0"]):
+        status, out, err = run([*command, "--model", tmp_path / "boastful.pt"], capsys)
+        assert one_line_error(status, err, "boastful.pt records metrics.test_accuracy = 1.5") and "150" not in out

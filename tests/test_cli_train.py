@@ -103,8 +103,8 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
     status, _, err = run(["train", "--limit", "600", "--out", str(tmp_path / "x.pt")], capsys)
     assert status == 130 and "no epoch had finished, so nothing was saved" in err
 
-    def interrupted_after_saving(*args, checkpoint, **kwargs):
-        checkpoint.write_bytes(b"as if an epoch had been saved")
+    def interrupted_after_saving(*args, checkpoint, **kwargs):  # as if an epoch had been saved: a resume state
+        dl.checkpoints.save_checkpoint(checkpoint, dl.models.build_model("cnn"), resume={"epoch": 1})
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dl.training, "fit", interrupted_after_saving)
@@ -152,19 +152,22 @@ def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, cap
     def ctrl_c(line):  # fit saves each epoch before it logs it
         raise KeyboardInterrupt
 
+    quick = tmp_path / "quick"  # --limit and --epochs make quick runs: never models/cnn.pt
     with monkeypatch.context() as patch:  # Ctrl-C once seed 0's first epoch is saved
         patch.setattr(dl.cli, "_print_now", ctrl_c)
         status, _, err = run(argv, capsys)
-    assert status == 130 and "--resume" in err
-    assert read_checkpoint(tmp_path / "cnn.pt")["resume"]["epoch"] == 1
+    assert status == 130 and err.strip() == (f"interrupted: {quick / 'cnn.pt'} keeps the best epoch so far; "
+                                             "run the same command again to continue it")
+    assert read_checkpoint(quick / "cnn.pt")["resume"]["epoch"] == 1
 
     status, out, err = run(argv, capsys)
     assert status == 0, err
-    assert f"=== cnn, seed 0 → {tmp_path / 'cnn.pt'} (resuming)" in out
-    assert f"=== cnn, seed 1 → {tmp_path / 'seeds' / 'cnn-seed1.pt'}" in out
-    for path, seed in ((tmp_path / "cnn.pt", 0), (tmp_path / "seeds" / "cnn-seed1.pt", 1)):
+    assert f"=== cnn, seed 0 → {quick / 'cnn.pt'} (resuming)" in out
+    assert f"=== cnn, seed 1 → {quick / 'seeds' / 'cnn-seed1.pt'}" in out
+    for path, seed in ((quick / "cnn.pt", 0), (quick / "seeds" / "cnn-seed1.pt", 1)):
         saved = read_checkpoint(path)
         assert saved["resume"] is None and saved["seed"] == seed and 0 < saved["metrics"]["test_accuracy"] <= 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["quick"]
 
     status, out, _ = run(argv, capsys)
-    assert status == 0 and out.count("already trained, skipped") == 2
+    assert status == 0 and out.count("already trained with these settings, skipped") == 2

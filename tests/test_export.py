@@ -214,3 +214,86 @@ def test_cli_compare_prints_the_four_variants(trained_checkpoints, capsys):
     assert status == 0, stderr
     for variant in ("fp32 PyTorch", "int8 PyTorch", "fp32 ONNX Runtime", "int8 ONNX Runtime"):
         assert variant in stdout
+
+
+# --- Issue 23: an ONNX file is believed only once checked ---------------------------------------
+
+DIGIT_METADATA = {"arch": "cnn", "normalization": {"mean": 0.1307, "std": 0.3081}, "metrics": {"test_accuracy": 0.99}}
+
+
+def crafted_onnx(path, side: int = 28, classes: int = 10, batch: int | str = "N", tail: str = "LogSoftmax",
+                 metadata: dict | None = None):
+    """A one-layer ONNX model, image (batch, 1, side, side) -> log_probs (batch, classes), with digitlib's
+    metadata: a file anyone could make. ``tail`` is the last op: LogSoftmax, Identity (raw logits), or
+    NaN (LogSoftmax of weights that are all NaN)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    values = torch.linspace(-1, 1, side * side * classes).reshape(side * side, classes)
+    weights = numpy_helper.from_array((values * float("nan") if tail == "NaN" else values).numpy(), "weights")
+    op = "LogSoftmax" if tail == "NaN" else tail
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "weights"], ["scores"]),
+             helper.make_node(op, ["scores"], ["log_probs"], **({"axis": 1} if op == "LogSoftmax" else {}))]
+    graph = helper.make_graph(
+        nodes, "crafted", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 1, side, side])],
+        [helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, [batch, classes])], [weights])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    export._attach_metadata(proto, export.onnx_metadata(metadata or DIGIT_METADATA))
+    onnx.save_model(proto, path)
+    return path
+
+
+def test_a_crafted_onnx_file_with_the_right_shapes_loads(tmp_path):
+    model, info = export.load_model(crafted_onnx(tmp_path / "ok.onnx"))
+    assert info["metrics"]["test_accuracy"] == 0.99
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_a_graph_made_for_one_image_reads_batches_one_image_at_a_time(tmp_path):
+    model, _ = export.load_model(crafted_onnx(tmp_path / "one.onnx", batch=1))
+    images = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model(images), torch.cat([model(image) for image in images.split(1)]))
+
+
+@pytest.mark.parametrize(
+    ("craft", "message"),
+    [
+        ({"side": 32}, r"takes tensor\(float\) of shape \['N', 1, 32, 32\], not float images of 1x28x28"),
+        ({"batch": 2}, r"of shape \[2, 1, 28, 28\], not float images of 1x28x28 \(any batch size or 1\)"),
+        ({"classes": 5}, r"answers one image with shape \[1, 5\], not ten class scores"),
+        ({"classes": 1000}, r"answers one image with shape \[1, 1000\], not ten class scores"),
+        ({"tail": "NaN"}, "answers a probe image with NaN or infinity"),
+        ({"tail": "Identity"}, "outputs are not log probabilities"),
+        ({"metadata": {**DIGIT_METADATA, "metrics": {"test_accuracy": 1.5}}},
+         "records metrics.test_accuracy = 1.5, not a number from 0 to 1"),
+        ({"metadata": {**DIGIT_METADATA, "metrics": "excellent"}}, "records metrics = 'excellent', not a dict"),
+        ({"metadata": {**DIGIT_METADATA, "arch": "vgg"}}, "unknown architecture 'vgg'"),
+    ],
+    ids=["input-32x32", "batch-of-2", "5-outputs", "1000-outputs", "nan-outputs", "raw-logits", "accuracy-150",
+         "metrics-text", "arch-unknown"],
+)
+def test_a_crafted_onnx_file_is_refused_with_one_line(tmp_path, capsys, craft, message):
+    path = crafted_onnx(tmp_path / "crafted.onnx", **craft)
+    with pytest.raises(CheckpointError, match=message):
+        export.load_model(path)
+    image = tmp_path / "seven.png"
+    evaluation.as_drawing(data.load_mnist(train=False)[0][0]).save(image)
+    for argv in (["predict", image, "--model", path], ["evaluate", "--model", path, "--limit", "10", "--repeats", "0"]):
+        status, stdout, stderr = run(argv, capsys)
+        assert status == 2 and stderr.startswith(f"error: {path}") and stderr.count("\n") == 1, stderr
+        assert "Traceback" not in stderr and "nan%" not in stdout
+
+
+def test_export_writes_only_metadata_it_would_believe(trained_checkpoints, tmp_path, capsys):
+    model, info = load_checkpoint(trained_checkpoints["cnn"])
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(CheckpointError, match="metrics.test_accuracy = 1.5"):
+        export.export_onnx(model, {**info, "metrics": {"test_accuracy": 1.5}}, out)
+    assert not out.exists()
+    crafted = tmp_path / "crafted.pt"
+    shutil.copy(trained_checkpoints["cnn"], crafted)
+    payload = torch.load(crafted, weights_only=True)
+    torch.save({**payload, "metrics": ["99 %"]}, crafted)  # as someone crafting one would: no digitlib checks
+    status, _, stderr = run(["export", "--model", crafted, "--out", out], capsys)
+    assert status == 2 and stderr.startswith(f"error: {crafted} records metrics = ['99 %'], not a dict")
+    assert not out.exists()
