@@ -330,10 +330,10 @@ def _model_set_state(out: Path, wanted: dict) -> str:
 
 def _add_bench_command(commands) -> None:
     parser = commands.add_parser(
-        "bench", help="measure where training time goes, and the CNN's time to 99.2 %% test accuracy",
+        "bench", help="measure where training time goes, and the CNN's time to 99.2 %% validation accuracy",
         description="Time training steps of both models, split into making the batch, forward + backward, "
-        "and the optimiser step; then train DigitCNN and report the training time until its test accuracy "
-        "(checked after every epoch) first reaches the target.",
+        "and the optimiser step; then train DigitCNN and report the training time until its validation "
+        "accuracy (checked after every epoch) first reaches the target.",
     )
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
@@ -349,7 +349,8 @@ def _add_bench_command(commands) -> None:
                         help="PyTorch thread counts to time (default: PyTorch's own choice)")
     parser.add_argument("--batches", type=_positive_int, default=None,
                         help="time this many batches instead of a whole epoch (quicker sweeps)")
-    parser.add_argument("--target", type=_fraction, default=0.992, help="test accuracy to reach (default: %(default)s)")
+    parser.add_argument("--target", type=_fraction, default=0.992,
+                        help="validation accuracy to reach (default: %(default)s)")
     parser.add_argument("--target-epochs", type=_non_negative_int, default=5,
                         help="length of the time-to-accuracy run; 0 skips it (default: %(default)s)")
     parser.set_defaults(handler=_bench)
@@ -375,13 +376,14 @@ def _bench(args) -> int:
         print("  ".join(f"{c:>9}" for c in cells), flush=True)
     if args.target_epochs:
         result = bench.time_to_accuracy(splits, args.target, args.target_epochs, device=args.device, amp=args.amp)
-        per_epoch = "  ".join(f"{a:.2%}" for a in result.test_accuracy_per_epoch)
-        print(f"cnn test accuracy after each epoch: {per_epoch}")
+        per_epoch = "  ".join(f"{a:.2%}" for a in result.val_accuracy_per_epoch)
+        print(f"cnn validation accuracy after each epoch: {per_epoch}")
         if result.seconds_to_target is None:
             print(f"cnn did not reach {args.target:.1%} in {args.target_epochs} epochs ({result.total_s:.0f}s)")
         else:
-            print(f"cnn reached {args.target:.1%} test accuracy after {result.seconds_to_target:.1f}s of training "
-                  f"(epochs of {', '.join(f'{s:.1f}' for s in result.seconds_per_epoch)}s including the test pass)")
+            epochs = ", ".join(f"{s:.1f}" for s in result.seconds_per_epoch)
+            print(f"cnn reached {args.target:.1%} validation accuracy after {result.seconds_to_target:.1f}s of "
+                  f"training (epochs of {epochs}s, validation included)")
     return 0
 
 

@@ -82,9 +82,10 @@ def grad_cam_layer(model: nn.Module) -> nn.Module:
     """The layer :func:`grad_cam` uses by default: the last 7x7 feature maps.
 
     DigitCNN: its second max-pool, what the classifier reads. Its head flattens the maps and weighs
-    every position separately, while Grad-CAM averages each map's gradient over positions (an
-    assumption made for networks with global average pooling), so the CNN's maps come out spotty.
-    DigitResNet: its second stage; the last stage is 4x4, too coarse to point at a stroke.
+    every position separately; Grad-CAM's weights average each map's gradient over positions, which
+    discards that. (For a head that pools globally, as the ResNet's, the weights are the linear
+    layer's own and Grad-CAM is CAM: Selvaraju et al., 2017, section 3.1.) DigitResNet: its second
+    stage; the last stage is 4x4, too coarse to point at a stroke.
     """
     if isinstance(model, DigitCNN):
         return model.features[5]

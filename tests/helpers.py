@@ -33,3 +33,13 @@ def make_unreadable(path: Path, module, monkeypatch) -> None:
             return real_open(file, *args, **kwargs)
 
         monkeypatch.setattr(module, "open", open_as_another_user, raising=False)
+
+
+def use_models_folder(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` the models folder the command line reads and writes by default, in full mode.
+
+    `make test` runs with DIGITLIB_SMOKE=1, under which the library keeps to the quick subfolder
+    ``folder/smoke``; a test about the default folder itself asks for full mode instead.
+    """
+    monkeypatch.setenv("DIGITLIB_MODELS", str(folder))
+    monkeypatch.delenv("DIGITLIB_SMOKE", raising=False)

@@ -28,8 +28,8 @@ def test_epoch_breakdown_times_each_part(small_splits, augment):
 
 def test_time_to_accuracy_reports_each_epoch(small_splits):
     result = bench.time_to_accuracy(small_splits, target=0.5, epochs=2, batch_size=64, device="cpu")
-    assert len(result.test_accuracy_per_epoch) == len(result.seconds_per_epoch) == 2
-    first = next(i for i, a in enumerate(result.test_accuracy_per_epoch) if a >= 0.5)  # 2,400 images: > 90 %
+    assert len(result.val_accuracy_per_epoch) == len(result.seconds_per_epoch) == 2
+    first = next(i for i, a in enumerate(result.val_accuracy_per_epoch) if a >= 0.5)  # 2,400 images: > 90 %
     assert result.seconds_to_target == pytest.approx(sum(result.seconds_per_epoch[: first + 1]))
     unreachable = bench.time_to_accuracy(small_splits, target=1.0, epochs=1, batch_size=64, device="cpu")
     assert unreachable.seconds_to_target is None

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import run
+from helpers import run, use_models_folder
 from PIL import Image
 
 import digitlib as dl
@@ -187,13 +187,13 @@ def test_a_missing_or_corrupt_checkpoint_is_one_line_and_exit_2(
 def test_predict_defaults_to_the_best_checkpoint_in_the_models_folder(good_images, trained_checkpoints, tmp_path,
                                                                       monkeypatch, capsys):
     shutil.copy(trained_checkpoints["resnet"], tmp_path / "resnet.pt")
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     status, out, _ = run(["predict", *good_images], capsys)
     assert status == 0 and f"model {tmp_path / 'resnet.pt'} (resnet" in out.splitlines()[0]
 
 
 def test_no_checkpoint_at_all_says_how_to_train_one(good_images, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     status, out, err = run(["predict", *good_images], capsys)
     assert status == 2 and out == "" and len(err.splitlines()) == 1
     assert "no usable checkpoint" in err and "python -m digitlib train" in err

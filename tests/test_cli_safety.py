@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run
+from helpers import run, use_models_folder
 
 import digitlib as dl
 from digitlib.checkpoints import read_checkpoint
@@ -89,7 +89,7 @@ def test_force_replaces(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_quick_runs_default_to_their_own_folder(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     status, out, err = run([*TINY, "--epochs", "1"], capsys)
     assert status == 0, err
     assert out.rstrip().endswith(f"saved {tmp_path / 'quick' / 'cnn.pt'}")
@@ -231,7 +231,7 @@ def test_ctrl_c_outside_training_is_one_line(monkeypatch, capsys):
 def test_a_skipped_checkpoint_is_named(trained_checkpoints, tmp_path, monkeypatch, capsys):
     (tmp_path / "cnn.pt").write_bytes(trained_checkpoints["cnn"].read_bytes()[:1000])  # truncated
     (tmp_path / "resnet.pt").write_bytes(trained_checkpoints["resnet"].read_bytes())
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     status, out, err = run(["evaluate", "--limit", "100", "--repeats", "0", "--device", "cpu"], capsys)
     assert status == 0
     assert err.startswith(f"warning: skipped {tmp_path / 'cnn.pt'}: ") and len(err.splitlines()) == 1
@@ -239,7 +239,7 @@ def test_a_skipped_checkpoint_is_named(trained_checkpoints, tmp_path, monkeypatc
 
 
 def test_stand_in_models_never_take_the_full_models_name(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     messages = []
     _, info = dl.training.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
     assert info["standin"] is True and "stand-in" in messages[0]
@@ -318,7 +318,7 @@ def test_out_refuses_anything_but_a_regular_file(tmp_path, capsys, monkeypatch, 
 
 @pytest.mark.parametrize("kind", ["fifo", "socket", "devnull", "folder"])
 def test_models_refuses_a_set_path_that_is_not_a_regular_file(tmp_path, capsys, monkeypatch, kind):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     (tmp_path / "quick").mkdir()
     where = tmp_path / "quick" / "cnn.pt"
     if kind == "devnull":
@@ -359,7 +359,7 @@ def test_reduced_runs_are_quick_runs():
 
 def test_a_model_set_checkpoint_trained_otherwise_is_neither_skipped_nor_replaced(tiny_checkpoint, tmp_path,
                                                                                    monkeypatch, capsys):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     full = tmp_path / "cnn.pt"
     full.write_bytes(tiny_checkpoint.read_bytes())  # a quick run under the full model's name (the old bug)
     monkeypatch.setattr(dl.data, "load_splits", lambda *a, **k: pytest.fail("trained something"))
@@ -500,7 +500,7 @@ def test_a_crafted_checkpoint_is_skipped_when_choosing_and_refused_when_named(ti
                                                                                monkeypatch, capsys):
     from PIL import Image
 
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     good = tmp_path / "cnn.pt"
     good.write_bytes(tiny_checkpoint.read_bytes())
     payload = torch.load(tiny_checkpoint, weights_only=True)

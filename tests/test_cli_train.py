@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import run
+from helpers import run, use_models_folder
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint, read_checkpoint
@@ -140,13 +140,13 @@ def test_bench_time_to_accuracy(capsys, monkeypatch):
     status, out, err = run(["bench", "--models", "cnn", "--batches", "2", "--target", "0.5", "--target-epochs", "2"],
                            capsys)
     assert status == 0, err
-    accuracies = re.search(r"^cnn test accuracy after each epoch: (.*)$", out, re.MULTILINE).group(1).split()
+    accuracies = re.search(r"^cnn validation accuracy after each epoch: (.*)$", out, re.MULTILINE).group(1).split()
     assert len(accuracies) == 2
-    assert re.search(r"^cnn reached 50.0% test accuracy after [\d.]+s of training", out, re.MULTILINE)
+    assert re.search(r"^cnn reached 50.0% validation accuracy after [\d.]+s of training", out, re.MULTILINE)
 
 
 def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu"]
 
     def ctrl_c(line):  # fit saves each epoch before it logs it

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import use_models_folder
 
 from digitlib import data, evaluation
 from digitlib.checkpoints import load_checkpoint, update_checkpoint
@@ -187,7 +188,7 @@ def test_best_checkpoint_picks_the_highest_recorded_accuracy(trained_checkpoints
 
 def test_best_checkpoint_defaults_to_the_models_folder(trained_checkpoints, tmp_path, monkeypatch):
     shutil.copy(trained_checkpoints["cnn"], tmp_path / "cnn.pt")
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     assert evaluation.best_checkpoint() == tmp_path / "cnn.pt"
 
 

@@ -22,7 +22,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
-from helpers import run  # noqa: E402
+from helpers import run, use_models_folder  # noqa: E402
 
 import digitlib as dl  # noqa: E402
 from digitlib import config  # noqa: E402
@@ -93,7 +93,7 @@ def test_a_checkpoint_without_a_dataset_is_mnist():
 
 def test_each_dataset_has_its_own_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITLIB_DATA", str(tmp_path / "data"))
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path / "models"))
+    use_models_folder(monkeypatch, tmp_path / "models")
     assert dl.data.raw_dir(dataset="fashion") == tmp_path / "data" / "FashionMNIST" / "raw"
     assert dl.data.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
     assert config.dataset_models_dir("mnist") == tmp_path / "models"
@@ -203,7 +203,7 @@ def fashion_checkpoint(fashion_root, tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DIGITLIB_DATA", str(fashion_root))
-        patch.setenv("DIGITLIB_MODELS", str(models))
+        use_models_folder(patch, models)
         status = dl.cli.main(["train", "--model", "cnn", "--dataset", "fashion", "--epochs", "1", "--batch-size",
                               "32", "--augment", "none", "--limit", "600", "--device", "cpu"])
     assert status == 0
@@ -298,7 +298,7 @@ def test_evaluate_times_a_fashion_image_without_the_digit_preprocessing(fashion_
 
 
 def test_best_checkpoint_never_takes_a_fashion_model_for_digits(fashion_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     digits, clothes = tmp_path / "digits.pt", tmp_path / "clothes.pt"
     shutil.copy(fashion_checkpoint, digits)
     update_checkpoint(digits, data={"dataset": "mnist"}, metrics={"test_accuracy": 0.5})

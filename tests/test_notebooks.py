@@ -161,3 +161,37 @@ def test_quick_mode_chosen_in_the_cnn_notebook_leaves_the_trained_model_alone(tm
         os.environ.update(old_env)
     assert trained.read_bytes() == before
     assert (models / "smoke" / "cnn.pt").exists() and not (models / "runs").exists()
+
+
+#: Calls that make a choice from the data they are given: training (its best epoch), a timing race, a
+#: temperature fit, a threshold search. None may be given test data, unless the line says "on purpose".
+CHOOSING_CALLS = {"fit", "time_to_accuracy", "fit_temperature", "confidence_threshold"}
+
+
+def test_set_choices(source: str) -> list[str]:
+    """Lines where a choosing call is handed something named like test data, without '# on purpose'."""
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and called_name(node) in CHOOSING_CALLS:
+            arguments = [ast.unparse(argument) for argument in [*node.args, *(k.value for k in node.keywords)]]
+            line = lines[node.lineno - 1]
+            if any(re.search(r"\btest", argument) for argument in arguments) and "on purpose" not in line:
+                found.append(line.strip())
+    return found
+
+
+test_set_choices.__test__ = False  # type: ignore[attr-defined]  # a helper, named for what it finds
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_nothing_is_chosen_on_the_test_set(path):
+    assert test_set_choices(code_of(path)) == []
+
+
+def test_the_test_set_check_catches_a_choice_on_test_data():
+    choice = "h = fit(model, train_loader, test_loader, 1)"
+    assert test_set_choices(choice) == [choice]
+    assert test_set_choices("t = fit_temperature(test_logits, test_labels)") != []
+    assert test_set_choices("t = fit_temperature(test_logits, test_labels)  # on purpose") == []
+    assert test_set_choices("h = fit(model, train_loader, val_loader, 1)") == []

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from helpers import use_models_folder
 from torch.utils.data import DataLoader, TensorDataset
 
 import digitlib as dl
@@ -181,7 +182,7 @@ def test_resume_needs_a_checkpoint(tiny_loaders, tmp_path):
 
 
 def test_load_or_train_trains_a_stand_in_once_then_loads(tmp_path, monkeypatch):
-    monkeypatch.setenv("DIGITLIB_MODELS", str(tmp_path))
+    use_models_folder(monkeypatch, tmp_path)
     messages = []
     model, info = dl.training.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
     standin = tmp_path / "standin" / "cnn.pt"
