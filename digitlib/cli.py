@@ -650,7 +650,7 @@ def _add_export_command(commands) -> None:
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument("--compare", action="store_true",
                         help="write nothing; print size, test accuracy, one-thread latency and throughput of fp32 and "
-                        "int8 in PyTorch and ONNX Runtime (the README's table; minutes for the full test set)")
+                        "int8 in PyTorch and ONNX Runtime (docs/results.md's table; minutes for the full test set)")
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="with --compare, use the first N test images (default: all 10,000; 1,000 in smoke mode)")
     parser.set_defaults(handler=_export)

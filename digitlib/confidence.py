@@ -48,7 +48,7 @@ MAX_INK = 0.35
 #: side. MNIST's digits are taller than wide; 3 of the 10,000 test digits are flatter than this.
 MIN_HEIGHT_TO_WIDTH = 0.55
 #: The models' top probability (the mean over an ensemble's members) below which they are unsure:
-#: the highest value, in steps of 0.01, that kept the README's CNN, ResNet and their ensemble within
+#: the highest value, in steps of 0.01, that kept the results page's CNN, ResNet and their ensemble within
 #: the budget. It was chosen on all 10,000 test digits; notebook 07 now chooses on one half of them
 #: and reports the cost on the other, and prints the value a learner's models give.
 MIN_CONFIDENCE = 0.90

@@ -8,7 +8,7 @@ Two int8 paths, both post-training static quantization calibrated on training im
   of torchao's PT2E flow (``prepare_pt2e`` + ``X86InductorQuantizer``), but that flow is only fast
   once ``torch.compile`` with weight freezing lowers it, which on this project's AVX2 CPU compiled
   for tens of seconds per input shape, failed to compile DigitResNet, and answered one image more slowly
-  than the FX model (README, "Smaller and faster"). The FX model needs no compiler and no extra package.
+  than the FX model (docs/results.md, "Smaller and faster"). The FX model needs no compiler and no extra package.
   It lives in the process only: make it from the fp32 checkpoint in about a second.
 - **ONNX Runtime** (:func:`quantize_onnx`): ``onnxruntime.quantization.quantize_static`` in QDQ
   format, per-channel weights, uint8 activations and 7-bit weights (``reduce_range``), the settings

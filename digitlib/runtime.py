@@ -60,7 +60,7 @@ def cpu_has_bf16() -> bool:
     """True when this CPU computes bf16 in hardware (AVX-512 BF16 or AMX), read from /proc/cpuinfo.
 
     Without those instructions oneDNN emulates bf16 and autocast slows training down many times over;
-    with them it speeds it up (the README's speed table has both). Other systems than Linux report
+    with them it speeds it up (docs/results.md's speed section has both). Other systems than Linux report
     False: measure there with ``bench --amp``.
     """
     try:
