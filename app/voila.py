@@ -1,6 +1,6 @@
 """Voilà's settings for `make app`, read from the working folder (the Makefile runs Voilà in app/).
 
-Each visitor gets a kernel of their own (about 600 MB, mostly torch: README, "The drawing pad").
+Each visitor gets a kernel of their own (600-780 MB, mostly torch: docs/results.md, "The drawing-pad app").
 Two things end it once the page is gone.
 """
 
