@@ -17,7 +17,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .config import data_dir, figures_dir, models_dir, smoke_test
-from .errors import CheckpointError, DataError, DigitlibError, ImageError
+from .errors import CheckpointError, DataError, DigitlibError, ImageError, TrainingError
 
 __version__ = "0.2.0"
 
@@ -27,15 +27,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 _SUBMODULES = (
     "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
-    "extras", "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
+    "extras", "files", "loaders", "models", "pen", "plots", "preprocess", "runtime", "training",
 )
 
 __all__ = [
-    "CheckpointError", "DataError", "DigitlibError", "ImageError", "__version__",
+    "CheckpointError", "DataError", "DigitlibError", "ImageError", "TrainingError", "__version__",
     "data_dir", "figures_dir", "models_dir", "smoke_test",
     # The submodules, written out (not *_SUBMODULES) so that linters and editors can read the list.
     "augment", "bench", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain", "export",
-    "extras", "files", "loaders", "models", "plots", "preprocess", "runtime", "training",
+    "extras", "files", "loaders", "models", "pen", "plots", "preprocess", "runtime", "training",
 ]
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         files,
         loaders,
         models,
+        pen,
         plots,
         preprocess,
         runtime,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .pen import CANVAS_SIZE, rasterize
 from .preprocess import INK_FLOOR, SIZE
 from .runtime import to_model
 
@@ -265,13 +266,12 @@ def energy(logits, temperature: float = 1.0) -> torch.Tensor:
 #: notebook's sixth kind.
 NON_DIGIT_KINDS = ("dot", "dash", "scribble", "noise", "two digits")
 
-_CANVAS = 280  # the drawing pad's size: pictures are made as the pad would make them
 
 
 def non_digits(kind: str, count: int, seed: int = 0, digits: np.ndarray | None = None) -> list[Image.Image]:
     """``count`` seeded pictures that are not one digit, as a user might hand them to ``predict`` or the pad.
 
-    Kinds (:data:`NON_DIGIT_KINDS`), drawn with the pad's pen (``dl.drawing.rasterize``, black on
+    Kinds (:data:`NON_DIGIT_KINDS`), drawn with the pad's pen (``dl.pen.rasterize``, black on
     white 280x280) unless said otherwise:
 
     - ``"dot"``: one tap of the pen, 8-40 px wide;
@@ -295,9 +295,7 @@ def non_digits(kind: str, count: int, seed: int = 0, digits: np.ndarray | None =
 
 
 def _strokes(strokes: Sequence[Sequence[tuple[float, float]]], pen_width: int) -> Image.Image:
-    from .drawing import rasterize  # the pad's own pen (drawing imports the widget libraries)
-
-    return rasterize(strokes, size=_CANVAS, pen_width=pen_width)
+    return rasterize(strokes, size=CANVAS_SIZE, pen_width=pen_width)
 
 
 def _dot(rng: np.random.Generator) -> Image.Image:
@@ -323,7 +321,7 @@ def _scribble(rng: np.random.Generator) -> Image.Image:
 
 def _noise(rng: np.random.Generator) -> Image.Image:
     density = rng.uniform(0.02, 0.5)
-    return Image.fromarray(np.where(rng.random((_CANVAS, _CANVAS)) < density, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.where(rng.random((CANVAS_SIZE, CANVAS_SIZE)) < density, 0, 255).astype(np.uint8))
 
 
 def _two_digits(rng: np.random.Generator, digits: np.ndarray) -> Image.Image:

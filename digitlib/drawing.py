@@ -33,19 +33,14 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .confidence import Verdict, judge
+from .pen import CANVAS_SIZE, PEN_WIDTH, Point, draw_segment
 from .preprocess import SIZE, preprocess
 from .runtime import torch_threads
 
-CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
-# A digit drawn 200 px tall shrinks ten times to fit MNIST's 20 px box, so this pen becomes a
-# 2.8 px stroke: about as thick as MNIST's (notebook 05 compares their ink).
-PEN_WIDTH = 28
 PREDICT_EVERY = 0.12  # seconds between predictions while the pen moves; pen-up always predicts
 PAPER, INK = "white", "black"
 AVERAGE = "average"  # selector value: mean of all models' probabilities
 LABELS = {"cnn": "CNN", "resnet": "ResNet"}
-
-Point = tuple[float, float]
 
 
 class PadModel(NamedTuple):
@@ -90,28 +85,6 @@ def load_models(
         mean, std = normalization(info, f"the {arch} checkpoint")
         models[LABELS.get(arch, arch)] = PadModel(model, mean, std, bool(info.get("standin")))
     return models
-
-
-def draw_segment(draw: ImageDraw.ImageDraw, start: Point, end: Point, pen_width: int = PEN_WIDTH) -> None:
-    """Ink from ``start`` to ``end`` and a round pen tip at ``end``: consecutive segments then join
-    smoothly, like a canvas line with round caps and joins. ``start == end`` draws a dot."""
-    if start != end:
-        draw.line([start, end], fill=0, width=pen_width)
-    radius = pen_width / 2
-    x, y = end
-    draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=0)
-
-
-def rasterize(strokes: Sequence[Sequence[Point]], size: int = CANVAS_SIZE, pen_width: int = PEN_WIDTH) -> Image.Image:
-    """Strokes (lists of (x, y) points) as a greyscale picture: black ink on white paper."""
-    image = Image.new("L", (size, size), 255)
-    draw = ImageDraw.Draw(image)
-    for stroke in strokes:
-        previous = stroke[0]
-        for point in stroke:
-            draw_segment(draw, previous, point, pen_width)
-            previous = point
-    return image
 
 
 def _png(image: np.ndarray, scale: int) -> bytes:

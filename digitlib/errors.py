@@ -15,3 +15,7 @@ class CheckpointError(DigitlibError):
 
 class ImageError(DigitlibError):
     """An input image cannot be read or holds no digit."""
+
+
+class TrainingError(DigitlibError):
+    """Training cannot go on: bad settings, or the loss stopped being a number."""

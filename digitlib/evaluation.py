@@ -160,42 +160,10 @@ def majority_vote(*probabilities) -> torch.Tensor:
     return (votes + stacked.mean(dim=0) / 2).argmax(dim=1)
 
 
-def evaluate_model(model: nn.Module, loader, device: str | torch.device | None = None, top: int = 5) -> dict:
-    """Everything ``python -m digitlib evaluate`` prints, from one pass over ``loader``.
-
-    :func:`classification_metrics` plus the ``confusion_matrix`` and the ``top`` most-confused pairs.
-    """
-    probabilities, labels = predict_proba(model, loader, device)
-    metrics = classification_metrics(probabilities, labels)
-    metrics["confusion_matrix"] = confusion_matrix(labels, probabilities.argmax(dim=1))
-    metrics["most_confused"] = most_confused(metrics["confusion_matrix"], top)
-    return metrics
-
-
 # --- One image at a time: the predict CLI and the drawing pad ----------------------------------
 
 
 @torch.inference_mode()
-def predict_image(model: nn.Module, image, mean: float, std: float, top: int = 3) -> list[tuple[int, float]]:
-    """The ``top`` most likely digits for one picture, as (digit, probability), most likely first.
-
-    ``image`` is anything :func:`digitlib.preprocess.preprocess` takes (a PIL image or an array);
-    ``mean``/``std`` are the checkpoint's training normalisation. The model must be on the CPU.
-    """
-    return predict_image_ensemble([(model, mean, std)], image, top)
-
-
-@torch.inference_mode()
-def predict_image_ensemble(
-    members: Sequence[tuple[nn.Module, float, float]], image, top: int = 3
-) -> list[tuple[int, float]]:
-    """Like :func:`predict_image` for several (model, mean, std): the mean of their probabilities.
-
-    The picture is made MNIST-like once; each member normalises it with its own constants.
-    """
-    return read_image(members, image).top(top)
-
-
 @dataclass(frozen=True)
 class Reading:
     """What one model or an ensemble made of one picture: all ten probabilities, and what it saw."""

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .checkpoints import HISTORY_KEYS, check_optimizer_state, check_resume_state, read_checkpoint, save_checkpoint
-from .errors import CheckpointError, DigitlibError
+from .errors import CheckpointError, TrainingError
 from .files import check_destination, hold_interrupts
 from .models import architecture_of
 from .runtime import amp_dtype, autocast, batch_to, pick_device, seed_everything
@@ -41,10 +41,6 @@ class History(TypedDict):
     val_accuracy: list[float]
     lr: list[float]  # the learning rate at the start of the epoch
     seconds: list[float]  # training plus validation wall time
-
-
-class TrainingError(DigitlibError):
-    """Training cannot go on: bad settings, or the loss stopped being a number."""
 
 
 def empty_history() -> History:

@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from traitlets.config import PyFileConfigLoader
 
-from digitlib.drawing import CANVAS_SIZE, PEN_WIDTH
+from digitlib.pen import CANVAS_SIZE, PEN_WIDTH
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -48,7 +48,7 @@ def test_fit_refuses_non_finite_settings_too():
     model = dl.models.build_model("cnn")
     batch = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
     for bad in ({"max_lr": float("nan")}, {"lr": float("inf")}, {"weight_decay": float("nan")}, {"clip_norm": -1.0}):
-        with pytest.raises(dl.training.TrainingError, match="must be a finite"):
+        with pytest.raises(dl.TrainingError, match="must be a finite"):
             dl.training.fit(model, batch, batch, epochs=1, device="cpu", progress=False, log=None, **bad)
 
 
@@ -65,7 +65,7 @@ class NaNModel(torch.nn.Module):
 
 def test_a_loss_that_stops_being_a_number_stops_training(tmp_path):
     batch = [(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))] * 2
-    with pytest.raises(dl.training.TrainingError, match="the training loss became nan in epoch 1"):
+    with pytest.raises(dl.TrainingError, match="the training loss became nan in epoch 1"):
         dl.training.fit(NaNModel(), batch, batch, epochs=3, device="cpu", checkpoint=tmp_path / "nan.pt",
                         progress=False, log=None)
     assert not (tmp_path / "nan.pt").exists()  # a NaN model is never saved

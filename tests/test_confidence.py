@@ -101,7 +101,7 @@ def confident(digit: int, probability: float = 0.999) -> np.ndarray:
 def test_judge_reads_the_shape_and_the_confidence():
     dot = to_mnist(confidence.non_digits("dot", 1, seed=0)[0])
     dash = to_mnist(confidence.non_digits("dash", 1, seed=0)[0])
-    one = to_mnist(dl.drawing.rasterize([[(150, 40), (146, 140), (140, 245)]]))
+    one = to_mnist(dl.pen.rasterize([[(150, 40), (146, 140), (140, 245)]]))
 
     blob = confidence.judge(confident(0), dot)
     assert blob.rejected and "blob" in blob.reason
@@ -176,7 +176,7 @@ def test_the_rule_catches_dots_and_dashes_and_spares_digits(members):
 def test_predict_json_marks_a_dot_and_not_a_clear_digit(trained_checkpoints, tmp_path, capsys):
     dot, one = tmp_path / "dot.png", tmp_path / "one.png"
     confidence.non_digits("dot", 1, seed=0)[0].save(dot)
-    dl.drawing.rasterize([[(150, 40), (146, 140), (140, 245)]]).save(one)
+    dl.pen.rasterize([[(150, 40), (146, 140), (140, 245)]]).save(one)
     status, out, err = run(["predict", dot, one, "--model", trained_checkpoints["cnn"], "--json"], capsys)
     assert (status, err) == (0, "")
     dot_result, one_result = json.loads(out)

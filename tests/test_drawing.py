@@ -85,7 +85,7 @@ def test_the_model_sees_to_mnist_of_the_pads_raster(pad):
     prediction = pad.draw_strokes(STROKES[7])
     np.testing.assert_allclose(prediction.image, dl.preprocess.to_mnist(pad.raster), atol=1e-6)
     # The raster built segment by segment is the one the finished strokes make.
-    np.testing.assert_array_equal(np.asarray(pad.raster), np.asarray(dl.drawing.rasterize(pad.strokes)))
+    np.testing.assert_array_equal(np.asarray(pad.raster), np.asarray(dl.pen.rasterize(pad.strokes)))
 
 
 def test_average_is_the_mean_of_the_models(pad):

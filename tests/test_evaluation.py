@@ -140,25 +140,11 @@ def test_average_probabilities_of_two_models(test_outputs):
     assert evaluation.classification_metrics(ensemble, labels)["accuracy"] > 0.9
 
 
-def test_evaluate_model_matches_the_separate_functions(trained_checkpoints, small_splits, test_outputs):
-    model, info = load_checkpoint(trained_checkpoints["cnn"])
-    loader = evaluation.make_test_loader(
-        small_splits.test_images, small_splits.test_labels, info["normalization"]["mean"], info["normalization"]["std"]
-    )
-    metrics = evaluation.evaluate_model(model, loader, "cpu", top=3)
-    probabilities, labels = test_outputs["cnn"]
-    assert metrics["correct"] == evaluation.classification_metrics(probabilities, labels)["correct"]
-    np.testing.assert_array_equal(
-        metrics["confusion_matrix"], evaluation.confusion_matrix(labels, probabilities.argmax(1))
-    )
-    assert metrics["most_confused"] == evaluation.most_confused(metrics["confusion_matrix"], 3)
-
-
-def test_predict_image_on_a_drawing(cnn, small_splits, test_outputs):
+def test_read_image_on_a_drawing(cnn, small_splits, test_outputs):
     model, mean, std = cnn
     probabilities, labels = test_outputs["cnn"]
     index = int(probabilities.max(dim=1).values.argmax())  # the image the model is surest of
-    top = evaluation.predict_image(model, evaluation.as_drawing(small_splits.test_images[index]), mean, std, top=3)
+    top = evaluation.read_image([(model, mean, std)], evaluation.as_drawing(small_splits.test_images[index])).top(3)
     assert len(top) == 3 and len({digit for digit, _ in top}) == 3
     assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and sum(p for _, p in top) <= 1 + 1e-6
     assert top[0][0] == labels[index]
@@ -217,10 +203,10 @@ def test_majority_vote_counts_votes_and_breaks_ties_by_mean_probability():
     assert evaluation.majority_vote(torch.tensor([[0.51, 0.49]]), torch.tensor([[0.0, 1.0]])).tolist() == [1]
 
 
-def test_predict_image_ensemble_of_one_is_predict_image(cnn, small_splits):
+def test_an_ensemble_of_one_model_twice_reads_as_the_model(cnn, small_splits):
     model, mean, std = cnn
     drawing = evaluation.as_drawing(small_splits.test_images[3])
-    single = evaluation.predict_image(model, drawing, mean, std, top=3)
-    ensemble = evaluation.predict_image_ensemble([(model, mean, std), (model, mean, std)], drawing, top=3)
+    single = evaluation.read_image([(model, mean, std)], drawing).top(3)
+    ensemble = evaluation.read_image([(model, mean, std), (model, mean, std)], drawing).top(3)
     assert [d for d, _ in single] == [d for d, _ in ensemble]
     assert [p for _, p in single] == pytest.approx([p for _, p in ensemble], abs=1e-6)
