@@ -24,8 +24,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb")) + sorted((ROOT / "noteb
 IDS = [path.relative_to(ROOT / "notebooks").as_posix() for path in NOTEBOOKS]
 
 MODEL_BUILDERS = {"DigitCNN", "DigitResNet", "build_model"}
-#: Calls that put a model handed to them on a device themselves, or only count its parameters.
-PLACING_CALLS = {"fit", "count_parameters", "load_checkpoint"}
+#: Calls that put a model handed to them on a device themselves.
+PLACING_CALLS = {"fit", "load_checkpoint"}
+#: Calls that only look at a model built inside them: `count_parameters(DigitCNN())` needs no device.
+LOOKING_CALLS = {"count_parameters"}
 LOADERS = {"load_or_train", "load_models"}  # must be told the device and the notebook's mode
 
 
@@ -70,7 +72,7 @@ def unplaced_models(source: str) -> list[str]:
         parent = parents.get(node)
         if isinstance(parent, ast.Attribute) and parent.attr == "to":
             continue  # Model().to(device)
-        if isinstance(parent, ast.Call) and called_name(parent) in PLACING_CALLS:
+        if isinstance(parent, ast.Call) and called_name(parent) in PLACING_CALLS | LOOKING_CALLS:
             continue  # fit(Model(), ...), count_parameters(Model()), load_checkpoint(..., model=Model())
         if isinstance(parent, ast.keyword) and called_name(parents[parent]) in PLACING_CALLS:
             continue
@@ -108,6 +110,8 @@ def test_the_check_catches_a_model_left_behind():
     placed = ("a = dl.models.DigitCNN().to(device)\nb = dl.models.DigitCNN()\nfit(b, x, y, 1, device=device)\n"
               "n = count_parameters(DigitCNN())\nc = DigitResNet(block=Plain).to(device)")
     assert unplaced_models(placed) == []
+    counted_only = "m = DigitResNet()\nn = count_parameters(m)\nm(x)"   # counting a model does not place it
+    assert unplaced_models(counted_only) == ["m = DigitResNet()"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
