@@ -1,5 +1,5 @@
-"""Timing: where training time goes (``python -m digitlib bench``, notebook 06) and how fast a
-trained model answers (``python -m digitlib evaluate``, notebook 04).
+"""Timing: where training time goes (``python -m digitlib bench``, notebook 07) and how fast a
+trained model answers (``python -m digitlib evaluate``, notebook 05).
 
 ``epoch_breakdown`` times the three parts of a training step separately (making the batch,
 forward + backward, the optimiser step) so that a slow input pipeline cannot hide behind the

@@ -116,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise CheckpointError(unreadable_file_message(path, "checkpoint")) from None
         raise CheckpointError(
             f"no checkpoint at {path}: train one with `python -m digitlib train --out {path}` "
-            "or run notebooks 02 and 03."
+            "or run notebooks 03 and 04."
         ) from None
     except OSError as error:
         raise CheckpointError(unreadable_file_message(path, "checkpoint", error)) from None

@@ -237,7 +237,7 @@ def _add_models_command(commands) -> None:
     parser = commands.add_parser(
         "models", help="train the course's model set: both architectures over several seeds",
         description="Train every architecture for each seed with the full-run settings: seed 0 into "
-        "models/<model>.pt (what notebooks 03-05, predict and the drawing pad load), further seeds into "
+        "models/<model>.pt (what notebooks 04-06, predict and the drawing pad load), further seeds into "
         "models/seeds/<model>-seed<N>.pt (an ensemble for evaluate and predict); with --dataset fashion the "
         "same under models/fashion/. Finished checkpoints are skipped and interrupted ones resumed, so the "
         "command can be run again until it completes. Runs with --limit, or fewer --epochs than the full runs, go to "
@@ -562,7 +562,7 @@ def _add_predict_command(commands) -> None:
         "checkpoint trained on Fashion-MNIST is refused.",
         epilog="A picture that is probably not one digit (a dot or blob, a shape much wider than tall such as a "
         "dash or several digits, or a top probability below digitlib.confidence.MIN_CONFIDENCE) is still read, "
-        "and marked 'not a digit?' with the reason (\"rejected\": true and \"reason\" with --json); notebook 07 "
+        "and marked 'not a digit?' with the reason (\"rejected\": true and \"reason\" with --json); notebook 08 "
         "measured the thresholds. "
         "Exit status: 0 when every file was read, 1 when some could not be (one line each on "
         "stderr; the others are still predicted), 2 when the model cannot be loaded.",

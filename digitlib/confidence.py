@@ -1,4 +1,4 @@
-"""How far to trust a prediction: calibration, and the rule that refuses what is not a digit (notebook 07).
+"""How far to trust a prediction: calibration, and the rule that refuses what is not a digit (notebook 08).
 
 A softmax always sums to one, so a model asked about a dot, a dash or a shoe still names a digit,
 often "sure". Two questions, two tools:
@@ -11,7 +11,7 @@ often "sure". Two questions, two tools:
 - *Is this a digit at all?* :func:`judge` says no when the picture the models saw (28x28, after
   :func:`digitlib.preprocess.to_mnist`) has far more ink than a digit's strokes (a dot becomes a
   filled disk: a perfect "0"), is much wider than tall (a dash, two digits side by side), or when the
-  models' top probability is low. Its thresholds are the constants below, measured by notebook 07.
+  models' top probability is low. Its thresholds are the constants below, measured by notebook 08.
   :func:`non_digits` makes seeded test pictures of each kind, drawn the way the pad draws.
 
 Models here end in log-softmax. Log-probabilities are logits shifted by a constant per image, so
@@ -35,7 +35,7 @@ from .preprocess import INK_FLOOR, SIZE
 from .runtime import to_model
 
 # --- The rejection rule ------------------------------------------------------------------------
-# Measured by notebooks/07_inside_the_model.ipynb in full mode (section 5) with models/cnn.pt and
+# Measured by notebooks/08_inside_the_model.ipynb in full mode (section 5) with models/cnn.pt and
 # models/resnet.pt, against all 10,000 MNIST test digits passed through preprocess.to_mnist as every
 # drawn or loaded picture is. With these constants the rule rejects at most 1 % of those digits for
 # the CNN, the ResNet and their ensemble alike (the notebook asserts it). It needs no per-model state:
@@ -50,7 +50,7 @@ MAX_INK = 0.35
 MIN_HEIGHT_TO_WIDTH = 0.55
 #: The models' top probability (the mean over an ensemble's members) below which they are unsure:
 #: the highest value, in steps of 0.01, that kept the results page's CNN, ResNet and their ensemble within
-#: the budget. It was chosen on all 10,000 test digits; notebook 07 now chooses on one half of them
+#: the budget. It was chosen on all 10,000 test digits; notebook 08 now chooses on one half of them
 #: and reports the cost on the other, and prints the value a learner's models give.
 MIN_CONFIDENCE = 0.90
 #: The share of MNIST test digits the rule may reject: what the constants above were chosen for.

@@ -5,7 +5,7 @@ segment by segment as they arrive, instead of reading pixels back from the brows
 and hangs some front ends). The browser canvas only mirrors the strokes for the eye. Every
 prediction goes through ``dl.preprocess.preprocess``, the predict CLI's code path.
 
-``pen_down``, ``pen_move``, ``pen_up`` and ``clear`` are what the mouse calls; tests and notebook 05
+``pen_down``, ``pen_move``, ``pen_up`` and ``clear`` are what the mouse calls; tests and notebook 06
 call them too, so the whole path runs without a browser::
 
     pad = dl.drawing.DrawingPad(dl.drawing.load_models())
@@ -351,7 +351,7 @@ def standin_notice(models: Mapping[str, PadModel]) -> str:
 def app(models: Mapping[str, PadModel | tuple[nn.Module, float, float]]) -> widgets.VBox:
     """The drawing pad as a page of its own, what ``make app`` serves: a title, one line saying what
     to do, a line saying which models are stand-ins (if any are), and the pad (the same ``DrawingPad``
-    as notebook 05, laid out to fit a 1280×800 window)."""
+    as notebook 06, laid out to fit a 1280×800 window)."""
     pad = DrawingPad(models)  # its widgets' callbacks keep it alive as long as the page
     pad.canvas.layout.margin = "0 0 6px"  # air between the pad and its buttons
     notice = standin_notice(pad.models)

@@ -1,4 +1,4 @@
-"""Measuring trained models (notebook 04 and ``python -m digitlib evaluate``/``predict``).
+"""Measuring trained models (notebook 05 and ``python -m digitlib evaluate``/``predict``).
 
 Everything starts from one pass over the test set, :func:`predict_proba`; the metrics, the
 confusion matrix, the report and the gallery of mistakes are computed from its output, so a
@@ -243,7 +243,7 @@ def best_checkpoint(
             scored.append((recorded[1], path))
     if not scored:
         if info.name == "mnist":
-            what, train = "", "`python -m digitlib train` (or run notebook 02)"
+            what, train = "", "`python -m digitlib train` (or run notebook 03)"
         else:
             what, train = f"{info.title} ", f"`python -m digitlib train --dataset {info.name}`"
         raise CheckpointError(f"no usable {what}checkpoint in {folder}: train one with {train}, or pass --model PATH.")

@@ -1,4 +1,4 @@
-"""What a network looks at (notebook 07): its first-layer filters, its feature maps, and attributions.
+"""What a network looks at (notebook 08): its first-layer filters, its feature maps, and attributions.
 
 Attributions answer "which pixels made the model say 7?" for one image, with Captum:
 
@@ -48,7 +48,7 @@ def first_layer_filters(model: nn.Module) -> torch.Tensor:
 
 
 def feature_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """The layers whose outputs notebook 07 shows, in order, by a readable name.
+    """The layers whose outputs notebook 08 shows, in order, by a readable name.
 
     DigitCNN: after each convolution's ReLU (28x28, then 14x14). DigitResNet: the stem (after its
     max-pool, 14x14) and each stage (14x14, 7x7, 4x4).

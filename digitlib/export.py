@@ -1,4 +1,4 @@
-"""Smaller and faster models: int8 quantization, ONNX export and ONNX Runtime (notebook 08,
+"""Smaller and faster models: int8 quantization, ONNX export and ONNX Runtime (notebook 09,
 ``python -m digitlib export``).
 
 Two int8 paths, both post-training static quantization calibrated on training images:

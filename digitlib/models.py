@@ -63,12 +63,12 @@ class BasicBlock(nn.Module):
 
 
 class DigitResNet(nn.Module):
-    """A ResNet-18-style network shrunk for 28x28 digits.
+    """A small residual network for 28x28 digits: three stages of two basic blocks (ResNet-18 has four).
 
     Stem 32 (3x3 conv, BN, ReLU, max-pool) → stages of two blocks at 32, 64 and 128 channels
     (stride 2 into the last two) → global average pooling → dropout → linear 128→10.
     ``block`` builds each block from (in_channels, out_channels, stride): pass your own class to
-    experiment (notebook 03's exercises); checkpoints record only the default block's models.
+    experiment (notebook 04's exercises); checkpoints record only the default block's models.
     """
 
     def __init__(

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 CANVAS_SIZE = 280  # ten screen pixels per MNIST pixel
 # A digit drawn 200 px tall shrinks ten times to fit MNIST's 20 px box, so this pen becomes a
-# 2.8 px stroke: about as thick as MNIST's (notebook 05 compares their ink).
+# 2.8 px stroke: about as thick as MNIST's (notebook 06 compares their ink).
 PEN_WIDTH = 28
 
 Point = tuple[float, float]

@@ -251,7 +251,7 @@ def augmentation_gallery(original, augmented, ncols: int = 8) -> plt.Figure:
     return figure
 
 
-# --- notebook 05: drawings -----------------------------------------------------------------------
+# --- notebook 06: drawings -----------------------------------------------------------------------
 
 
 def _value_range(image: np.ndarray) -> str:
@@ -310,7 +310,7 @@ def image_strip(groups: Mapping[str, Mapping[str, Any]], ax: plt.Axes | None = N
     return ax
 
 
-# --- notebooks 02 and 03: training -------------------------------------------------------------
+# --- notebooks 03 and 04: training -------------------------------------------------------------
 
 
 def training_curves(history: dict, title: str | None = None) -> plt.Figure:
@@ -417,7 +417,7 @@ def per_class_bars(values, title: str | None = None, ax: plt.Axes | None = None,
     return ax
 
 
-# --- Evaluation (notebook 04) -------------------------------------------------------------------
+# --- Evaluation (notebook 05) -------------------------------------------------------------------
 
 
 def confusion_heatmap(matrix, ax: plt.Axes | None = None, title: str | None = None,
@@ -572,7 +572,7 @@ def _layer_label(module) -> str:
     return name
 
 
-# --- notebook 07: how far to trust a prediction -------------------------------------------------
+# --- notebook 08: how far to trust a prediction -------------------------------------------------
 
 
 def reliability_diagram(bins, ax: plt.Axes | None = None, title: str | None = None) -> plt.Axes:

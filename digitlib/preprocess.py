@@ -2,7 +2,7 @@
 
 MNIST's digits were size-normalised to fit a 20x20 box (keeping their aspect ratio, with
 anti-aliasing) and then centred by centre of mass in a 28x28 field. ``to_mnist`` does the same
-to a photo, a scan or a drawing; each step is its own small function so notebook 05 can show it.
+to a photo, a scan or a drawing; each step is its own small function so notebook 06 can show it.
 The predict CLI and the drawing pad both go through ``preprocess``: one code path.
 """
 

@@ -409,7 +409,7 @@ def load_or_train(
     dataset: str = "mnist",
     quick: bool | None = None,
 ):
-    """(model in eval mode on ``device``, checkpoint info) for notebooks 03-08 and the drawing pad.
+    """(model in eval mode on ``device``, checkpoint info) for notebooks 04-09 and the drawing pad.
 
     Loads ``path``, by default ``<arch>.pt`` in ``dataset_models_dir(dataset, quick)`` (``models/``,
     ``models/fashion/``, or their quick ``smoke/`` folder: a quick notebook reads what quick runs wrote).

@@ -147,7 +147,7 @@ def test_quick_mode_chosen_in_the_cnn_notebook_leaves_the_trained_model_alone(tm
     trained = models / "cnn.pt"
     shutil.copy(ROOT / "tests" / "helpers.py", trained)  # any bytes: the notebook must not touch them
     before = trained.read_bytes()
-    notebook = nbformat.read(ROOT / "notebooks" / "02_cnn_training.ipynb", as_version=4)
+    notebook = nbformat.read(ROOT / "notebooks" / "03_cnn_training.ipynb", as_version=4)
     parameters = next(cell for cell in notebook.cells
                       if cell.cell_type == "code" and "smoke_test = dl.smoke_test()" in cell.source)
     parameters.source = re.sub(r"^smoke_test = dl\.smoke_test\(\).*$", "smoke_test = True", parameters.source,
