@@ -199,3 +199,81 @@ def test_the_test_set_check_catches_a_choice_on_test_data():
     assert test_set_choices("t = fit_temperature(test_logits, test_labels)") != []
     assert test_set_choices("t = fit_temperature(test_logits, test_labels)  # on purpose") == []
     assert test_set_choices("h = fit(model, train_loader, val_loader, 1)") == []
+
+
+# --- Taught before used -----------------------------------------------------------------------------
+# The course builds each piece in view before the library takes over: notebook 02 writes the training
+# loop by hand, 03 the convolution (then `fit` as that loop plus what a long run needs), 04 the residual
+# block and batch norm. A notebook calls digitlib's training, model, loader and checkpoint code only
+# once a notebook up to its own has taught it.
+
+TAUGHT_MODULES = ("training", "models", "loaders", "checkpoints")
+
+#: The notebook, by number, that teaches each name: builds it by hand first, or explains it before use.
+TAUGHT_IN = {
+    "dl.loaders.DigitDataset": 2,          # the Dataset of the hand-written minibatch loop
+    "dl.loaders.make_loaders": 3,          # the same batches, made a whole batch at a time
+    "dl.loaders.DeviceLoader": 7,          # the on-device pipeline, taken apart in training fast
+    "dl.models.DigitCNN": 3,
+    "dl.models.count_parameters": 3,       # after counting a convolution's parameters by hand
+    "dl.training.train_step": 3,           # checked step for step against the loop of notebook 02
+    "dl.training.test_step": 3,
+    "dl.training.fit": 3,
+    "dl.training.History": 3,
+    "dl.training.make_optimizer": 3,       # AdamW and one-cycle
+    "dl.training.learning_rates": 3,
+    "dl.checkpoints.read_checkpoint": 3,
+    "dl.checkpoints.update_checkpoint": 3,
+    "dl.checkpoints.load_checkpoint": 3,
+    "dl.models.BasicBlock": 4,             # the residual block, its fallback and its projection
+    "dl.models.DigitResNet": 4,
+    "dl.models.build_model": 4,            # either model by name, once both are taught
+    "dl.training.load_or_train": 4,        # the trained checkpoint of an earlier notebook
+    "dl.checkpoints.normalization": 4,
+}
+
+#: Solutions whose exercise itself sends the learner ahead, and the names that allows.
+LOOKING_AHEAD = {
+    "solutions/01_data_exploration.ipynb": {  # exercise 6: check an augmentation limit with a model (notebook 03)
+        "dl.training.fit", "dl.models.DigitCNN", "dl.loaders.make_loaders", "dl.loaders.DeviceLoader",
+        "dl.training.load_or_train", "dl.checkpoints.normalization",
+    },
+}
+
+
+def library_names(source: str) -> set[str]:
+    """The ``dl.<module>.<name>`` of the taught modules that ``source`` mentions."""
+    return set(re.findall(rf"\bdl\.(?:{'|'.join(TAUGHT_MODULES)})\.\w+", source))
+
+
+def used_before_taught(source: str, number: int, allowed: frozenset[str] = frozenset()) -> list[str]:
+    """Names ``source`` (of notebook ``number``) uses before the notebook that teaches them, or that no
+    notebook teaches (missing from TAUGHT_IN)."""
+    return sorted(name for name in library_names(source) - allowed if TAUGHT_IN.get(name, 100) > number)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_a_notebook_uses_only_library_names_taught_by_then(path):
+    relative = path.relative_to(ROOT / "notebooks").as_posix()
+    early = used_before_taught(code_of(path), int(path.name[:2]), frozenset(LOOKING_AHEAD.get(relative, ())))
+    assert early == [], f"{relative} uses, before they are taught: " + ", ".join(
+        f"{name} (taught in {TAUGHT_IN[name]:02d})" if name in TAUGHT_IN else f"{name} (in no notebook of TAUGHT_IN)"
+        for name in early
+    )
+
+
+def test_the_table_names_what_the_library_has_and_the_notebooks_use():
+    for name in TAUGHT_IN:
+        _, module, attribute = name.split(".")
+        assert hasattr(getattr(dl, module), attribute), f"{name} is not in digitlib"
+    used = set().union(*(library_names(code_of(path)) for path in NOTEBOOKS))
+    assert set(TAUGHT_IN) <= used, f"taught but used nowhere: {sorted(set(TAUGHT_IN) - used)}"
+
+
+def test_the_check_catches_a_name_used_too_early():
+    source = "history = dl.training.fit(model, train_loader, val_loader, 2, device=device)"
+    assert used_before_taught(source, 2) == ["dl.training.fit"]
+    assert used_before_taught(source, 3) == []
+    assert used_before_taught("dl.models.DigitResNet().to(device)", 3) == ["dl.models.DigitResNet"]
+    assert used_before_taught("dl.training.new_helper(model)", 9) == ["dl.training.new_helper"]
+    assert used_before_taught("dl.data.load_splits(seed=0); dl.plots.image_grid(x)", 1) == []   # tools, not lessons
