@@ -1,0 +1,131 @@
+"""Training runs as records, and the README's results table generated from them.
+
+One JSON file per run (``build/results/<recipe>-seed<N>.json``, written by ``train --record RECIPE``)
+holds what is needed to repeat and to judge it: the command, the settings and seed, the validation
+accuracy after each epoch, the seconds, the machine, the versions and the date, and the final
+validation and test accuracy of the saved checkpoint. Every final figure comes from one evaluation
+path, :func:`checkpoint_accuracy`: the saved checkpoint, in fp32, on the run's own validation split and
+on the test set. ``python -m digitlib results`` prints the table from the files, so the README's table
+cannot drift from its runs; choices between recipes rest on the validation columns, never the test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+#: The record fields the table reads (a file without them is refused by :func:`load_records`).
+RECORD_KEYS = ("recipe", "command", "settings", "seed", "val_accuracy_per_epoch", "val_accuracy", "test_accuracy",
+               "seconds", "machine", "torch", "date")
+
+
+def results_dir() -> Path:
+    """Where records go: ``$DIGITLIB_RESULTS``, else ``build/results/`` at the repository root."""
+    from .config import repo_root
+
+    return Path(os.environ.get("DIGITLIB_RESULTS") or repo_root() / "build" / "results")
+
+
+def machine() -> str:
+    """The CPU's model name and core count (from /proc/cpuinfo on Linux, else ``platform``)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            name = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def checkpoint_accuracy(path: str | os.PathLike) -> dict[str, float]:
+    """{"val_accuracy", "test_accuracy"} of the checkpoint at ``path``: fp32 on the CPU, on the validation
+    split of the seed and data it records (the split it was chosen on) and on the test set."""
+    from .checkpoints import load_checkpoint, normalization
+    from .data import dataset_of, load_splits
+    from .evaluation import make_test_loader, predict_proba
+
+    model, info = load_checkpoint(path, device="cpu")
+    limit = info.get("data", {}).get("train_limit")
+    splits = load_splits(seed=info.get("seed", 0), train_limit=limit, test_limit=1000 if limit else None,
+                         dataset=dataset_of(info))
+    mean, std = normalization(info, path)
+    accuracy = {}
+    for name, images, labels in (("val", splits.val_images, splits.val_labels),
+                                 ("test", splits.test_images, splits.test_labels)):
+        probabilities, _ = predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")
+        accuracy[f"{name}_accuracy"] = int((probabilities.argmax(1) == labels).sum()) / len(labels)
+    return accuracy
+
+
+def make_record(path: str | os.PathLike, recipe: str, command: Sequence[str]) -> dict:
+    """The record of the finished run saved at ``path``, trained by ``command`` with recipe name ``recipe``."""
+    import torch
+
+    from .checkpoints import read_checkpoint
+
+    info = read_checkpoint(path)
+    history = info["history"]
+    return {
+        "recipe": recipe, "command": " ".join(command), "checkpoint": str(path), "settings": info.get("training", {}),
+        "data": info.get("data", {}), "seed": info.get("seed"), "epochs": len(history["epoch"]),
+        "best_epoch": info.get("best_epoch"), "val_accuracy_per_epoch": history["val_accuracy"],
+        **({"raw_val_accuracy_per_epoch": history["raw_val_accuracy"]} if "raw_val_accuracy" in history else {}),
+        **checkpoint_accuracy(path), "evaluation": "fp32, saved checkpoint, CPU",
+        "seconds": sum(history["seconds"]), "seconds_per_epoch": history["seconds"],
+        "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_record(record: dict, folder: str | os.PathLike | None = None) -> Path:
+    """Write ``record`` as ``<folder>/<recipe>-seed<seed>.json`` (default folder: :func:`results_dir`)."""
+    path = Path(folder or results_dir()) / f"{record['recipe']}-seed{record['seed']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_records(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every record in ``folder`` (default: :func:`results_dir`), sorted by recipe and seed."""
+    records = []
+    for path in sorted(Path(folder or results_dir()).glob("*.json")):
+        record = json.loads(path.read_text())
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"{path} is not a run record: {', '.join(missing)} missing")
+        records.append(record)
+    return sorted(records, key=lambda record: (record["recipe"], record["seed"]))
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.2f}{spread}"
+
+
+def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None) -> str:
+    """A Markdown table with one row per recipe: seeds, epochs, mean ± sample standard deviation of the
+    validation and test accuracy (%), the median seconds per epoch, and the command of its first seed.
+
+    ``recipes`` picks and orders the rows (default: every recipe, alphabetically).
+    """
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record["recipe"]].append(record)
+    lines = ["| recipe | seeds | epochs | validation % | test % | s/epoch | command (first seed) |",
+             "|---|---|---|---|---|---|---|"]
+    for recipe in recipes or sorted(grouped):
+        runs = grouped[recipe]
+        epochs = sorted({run["settings"].get("epochs") for run in runs})
+        per_epoch = statistics.median(s for run in runs for s in run.get("seconds_per_epoch", [run["seconds"]]))
+        val, test = (_mean_std([run[f"{split}_accuracy"] for run in runs]) for split in ("val", "test"))
+        lines.append(
+            f"| {recipe} | {', '.join(str(run['seed']) for run in runs)} | {'/'.join(map(str, epochs))} "
+            f"| {val} | {test} | {per_epoch:.0f} | `{runs[0]['command']}` |"
+        )
+    return "\n".join(lines)
