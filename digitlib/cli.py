@@ -427,6 +427,9 @@ def _add_results_command(commands) -> None:
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder of records (default: $DIGITLIB_RESULTS or build/results)")
     parser.add_argument("--recipes", nargs="+", default=None, help="rows to print, in order (default: all)")
+    parser.add_argument("--ensemble", metavar="RECIPE", default=None,
+                        help="first record the seed ensemble of RECIPE's runs: all of them, mean of probabilities, "
+                        "fp32 on the test set")
     parser.set_defaults(handler=_results)
 
 
@@ -439,6 +442,13 @@ def _results(args) -> int:
         raise DigitlibError(str(error)) from None
     if not records:
         raise DigitlibError(f"no run records in {args.dir or results.results_dir()}: train with --record RECIPE first")
+    if args.ensemble:
+        runs = [record for record in records if record["recipe"] == args.ensemble]
+        if not runs:
+            raise DigitlibError(f"no runs of recipe {args.ensemble!r} in {args.dir or results.results_dir()}")
+        ensemble = results.ensemble_record(runs)
+        print(f"recorded {results.write_record(ensemble, args.dir)}", file=sys.stderr)
+        records = results.load_records(args.dir)
     print(results.results_table(records, args.recipes))
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -83,9 +84,43 @@ def make_record(path: str | os.PathLike, recipe: str, command: Sequence[str]) ->
     }
 
 
+def ensemble_record(records: Sequence[dict]) -> dict:
+    """The seed ensemble of the runs ``records`` (one recipe): the mean of their checkpoints' fp32 test
+    probabilities. Every run is a member, with equal weight, so nothing is chosen on the test set. It has
+    no validation accuracy: each seed holds out a different 12,000 images, which other seeds trained on.
+    """
+    import torch
+
+    from .checkpoints import load_checkpoint, normalization
+    from .data import load_dataset
+    from .evaluation import average_probabilities, make_test_loader, predict_proba
+
+    data = records[0].get("data", {})
+    images, labels = load_dataset(data.get("dataset", "mnist"), train=False)
+    if data.get("train_limit"):  # a quick run's test set, as checkpoint_accuracy measured its members on
+        images, labels = images[:1000], labels[:1000]
+    probabilities = []
+    for run in records:
+        model, info = load_checkpoint(run["checkpoint"], device="cpu")
+        mean, std = normalization(info, run["checkpoint"])
+        probabilities.append(predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")[0])
+    correct = int((average_probabilities(*probabilities).argmax(1) == labels).sum())
+    return {
+        "recipe": f"{records[0]['recipe']} ensemble", "kind": "ensemble",
+        "members": [run["checkpoint"] for run in records],
+        "command": "python -m digitlib evaluate --model " + " ".join(run["checkpoint"] for run in records),
+        "settings": records[0]["settings"], "seed": "+".join(str(run["seed"]) for run in records),
+        "val_accuracy_per_epoch": [], "val_accuracy": None, "test_accuracy": correct / len(labels),
+        "evaluation": "fp32, saved checkpoints, CPU, mean of probabilities",
+        "seconds": sum(run["seconds"] for run in records),
+        "machine": machine(), "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def write_record(record: dict, folder: str | os.PathLike | None = None) -> Path:
     """Write ``record`` as ``<folder>/<recipe>-seed<seed>.json`` (default folder: :func:`results_dir`)."""
-    path = Path(folder or results_dir()) / f"{record['recipe']}-seed{record['seed']}.json"
+    path = Path(folder or results_dir()) / f"{record['recipe'].replace(' ', '-')}-seed{record['seed']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
     return path
@@ -100,17 +135,22 @@ def load_records(folder: str | os.PathLike | None = None) -> list[dict]:
         if missing:
             raise ValueError(f"{path} is not a run record: {', '.join(missing)} missing")
         records.append(record)
-    return sorted(records, key=lambda record: (record["recipe"], record["seed"]))
+    return sorted(records, key=lambda record: (record["recipe"], str(record["seed"])))
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    spread = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{100 * statistics.mean(values):.2f}{spread}"
+def _mean_std(values: Sequence[float | None]) -> str:
+    """"mean ± sample standard deviation" in %, "—" when a value is missing (an ensemble's validation)."""
+    numbers = [value for value in values if value is not None]
+    if len(numbers) < len(values):
+        return "—"
+    spread = f" ± {100 * statistics.stdev(numbers):.2f}" if len(numbers) > 1 else ""
+    return f"{100 * statistics.mean(numbers):.2f}{spread}"
 
 
 def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None) -> str:
     """A Markdown table with one row per recipe: seeds, epochs, mean ± sample standard deviation of the
     validation and test accuracy (%), the median seconds per epoch, and the command of its first seed.
+    An ensemble's row shows its members' seeds and its test accuracy.
 
     ``recipes`` picks and orders the rows (default: every recipe, alphabetically).
     """
@@ -122,10 +162,10 @@ def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None)
     for recipe in recipes or sorted(grouped):
         runs = grouped[recipe]
         epochs = sorted({run["settings"].get("epochs") for run in runs})
-        per_epoch = statistics.median(s for run in runs for s in run.get("seconds_per_epoch", [run["seconds"]]))
+        per_epoch = statistics.median([s for run in runs for s in run.get("seconds_per_epoch", [])] or [math.nan])
         val, test = (_mean_std([run[f"{split}_accuracy"] for run in runs]) for split in ("val", "test"))
         lines.append(
             f"| {recipe} | {', '.join(str(run['seed']) for run in runs)} | {'/'.join(map(str, epochs))} "
-            f"| {val} | {test} | {per_epoch:.0f} | `{runs[0]['command']}` |"
+            f"| {val} | {test} | {'—' if math.isnan(per_epoch) else f'{per_epoch:.0f}'} | `{runs[0]['command']}` |"
         )
     return "\n".join(lines)

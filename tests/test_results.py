@@ -8,7 +8,7 @@ import pytest
 from helpers import run
 
 import digitlib as dl
-from digitlib.results import load_records, make_record, results_table, write_record
+from digitlib.results import ensemble_record, load_records, make_record, results_table, write_record
 
 
 def record(recipe: str, seed: int, val: float, test: float) -> dict:
@@ -59,3 +59,9 @@ def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
     assert made["val_accuracy"] == pytest.approx(dl.training.test_step(model, val_loader)[1], abs=1e-9)
     assert made["test_accuracy"] == pytest.approx(dl.training.test_step(model, test_loader)[1], abs=1e-9)
     assert made["evaluation"].startswith("fp32") and made["command"] == "python -m digitlib train"
+    pair = ensemble_record([made, made])  # two equal members: the ensemble is the member
+    assert pair["test_accuracy"] == made["test_accuracy"] and pair["val_accuracy"] is None
+    assert pair["recipe"] == "tiny ensemble" and pair["seed"] == "3+3"
+    write_record(pair, tmp_path / "results")
+    assert results_table(load_records(tmp_path / "results")).splitlines()[2].startswith(
+        f"| tiny ensemble | 3+3 | 1 | — | {100 * made['test_accuracy']:.2f} | — |")
