@@ -430,6 +430,9 @@ def _add_results_command(commands) -> None:
     parser.add_argument("--ensemble", metavar="RECIPE", default=None,
                         help="first record the seed ensemble of RECIPE's runs: all of them, mean of probabilities, "
                         "fp32 on the test set")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="write the table into this file, between its results-table markers, instead of "
+                        "printing it")
     parser.set_defaults(handler=_results)
 
 
@@ -449,7 +452,15 @@ def _results(args) -> int:
         ensemble = results.ensemble_record(runs)
         print(f"recorded {results.write_record(ensemble, args.dir)}", file=sys.stderr)
         records = results.load_records(args.dir)
-    print(results.results_table(records, args.recipes))
+    table = results.results_table(records, args.recipes)
+    if args.readme is None:
+        print(table)
+        return 0
+    try:
+        args.readme.write_text(results.replace_table(args.readme.read_text(), table))
+    except (OSError, ValueError) as error:
+        raise DigitlibError(f"{args.readme}: {error}") from None
+    print(f"wrote the table of {len(records)} records into {args.readme}")
     return 0
 
 

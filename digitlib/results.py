@@ -139,8 +139,8 @@ def load_records(folder: str | os.PathLike | None = None) -> list[dict]:
 
 
 def _mean_std(values: Sequence[float | None]) -> str:
-    """"mean ± sample standard deviation" in %, "—" when a value is missing (an ensemble's validation)."""
-    numbers = [value for value in values if value is not None]
+    """"mean ± sample standard deviation" in %, "—" when a value is missing (None or NaN)."""
+    numbers = [value for value in values if value is not None and not math.isnan(value)]
     if len(numbers) < len(values):
         return "—"
     spread = f" ± {100 * statistics.stdev(numbers):.2f}" if len(numbers) > 1 else ""
@@ -148,24 +148,44 @@ def _mean_std(values: Sequence[float | None]) -> str:
 
 
 def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None) -> str:
-    """A Markdown table with one row per recipe: seeds, epochs, mean ± sample standard deviation of the
-    validation and test accuracy (%), the median seconds per epoch, and the command of its first seed.
-    An ensemble's row shows its members' seeds and its test accuracy.
-
-    ``recipes`` picks and orders the rows (default: every recipe, alphabetically).
+    """A Markdown table with one row per recipe: seeds, epochs, mean ± sample standard deviation over the
+    seeds of the saved checkpoint's validation and test accuracy (%), of the best validation accuracy
+    measured during training for the weights kept and, with an EMA, for the raw weights (the two compare
+    the average with the weights it averages, on the same runs), the median seconds per epoch, and the
+    command of the first seed. An ensemble's row shows its members' seeds and its test accuracy.
     """
     grouped: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         grouped[record["recipe"]].append(record)
-    lines = ["| recipe | seeds | epochs | validation % | test % | s/epoch | command (first seed) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| recipe | seeds | epochs | validation % | test % | in training: kept | raw weights | s/epoch "
+             "| command (first seed) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for recipe in recipes or sorted(grouped):
         runs = grouped[recipe]
         epochs = sorted({run["settings"].get("epochs") for run in runs})
         per_epoch = statistics.median([s for run in runs for s in run.get("seconds_per_epoch", [])] or [math.nan])
         val, test = (_mean_std([run[f"{split}_accuracy"] for run in runs]) for split in ("val", "test"))
+        kept, raw = (_mean_std([max(run.get(key) or [math.nan]) for run in runs])
+                     for key in ("val_accuracy_per_epoch", "raw_val_accuracy_per_epoch"))
         lines.append(
             f"| {recipe} | {', '.join(str(run['seed']) for run in runs)} | {'/'.join(map(str, epochs))} "
-            f"| {val} | {test} | {'—' if math.isnan(per_epoch) else f'{per_epoch:.0f}'} | `{runs[0]['command']}` |"
+            f"| {val} | {test} | {kept} | {raw} | {'—' if math.isnan(per_epoch) else f'{per_epoch:.0f}'} "
+            f"| `{runs[0]['command']}` |"
         )
     return "\n".join(lines)
+
+
+#: The lines between which ``results --readme`` writes the table.
+BEGIN = "<!-- results table: written by `python -m digitlib results --readme README.md` -->"
+END = "<!-- end of results table -->"
+
+
+def replace_table(text: str, table: str) -> str:
+    """``text`` with the lines between :data:`BEGIN` and :data:`END` replaced by ``table``.
+
+    Raises ValueError when the markers are missing or out of order.
+    """
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN!r} ... {END!r} block to write the table into")
+    return f"{text[:start + len(BEGIN)]}\n{table}\n{text[end:]}"

@@ -26,8 +26,15 @@ def test_table_has_a_row_per_recipe_with_mean_and_sample_std(tmp_path):
     table = results_table(records, recipes=["short", "alone"])
     lines = table.splitlines()
     assert lines[0].startswith("| recipe | seeds | epochs | validation % | test % |") and len(lines) == 4
-    assert lines[2] == "| short | 1, 2 | 6 | 99.60 ± 0.14 | 99.50 ± 0.14 | 10 | `python -m digitlib train --seed 1` |"
+    assert lines[2] == ("| short | 1, 2 | 6 | 99.60 ± 0.14 | 99.50 ± 0.14 | 99.60 ± 0.14 | — | 10 "
+                        "| `python -m digitlib train --seed 1` |")  # no EMA: no raw weights to compare
     assert lines[3].startswith("| alone | 0 | 6 | 99.00 | 98.00 |")  # one seed: no spread to show
+
+
+def test_table_compares_an_average_with_its_raw_weights(tmp_path):
+    for seed, raw in enumerate([[0.98, 0.99], [0.97, 0.993]], start=1):
+        write_record({**record("ema", seed, 0.995, 0.996), "raw_val_accuracy_per_epoch": raw}, tmp_path)
+    assert "| 99.50 ± 0.00 | 99.15 ± 0.21 |" in results_table(load_records(tmp_path))  # best epoch of each run
 
 
 def test_a_file_that_is_not_a_record_is_refused(tmp_path):
@@ -42,7 +49,14 @@ def test_results_command_prints_the_table_or_says_there_is_none(tmp_path, capsys
     assert status == 2 and "no run records in" in err
     write_record(record("short", 1, 0.995, 0.996), tmp_path)
     status, out, _ = run(["results"], capsys)
-    assert status == 0 and out.splitlines()[2].startswith("| short | 1 | 6 | 99.50 | 99.60 |")
+    assert status == 0 and out.splitlines()[2].startswith("| short | 1 | 6 | 99.50 | 99.60 | 99.50 | — |")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Results\n{dl.results.BEGIN}\nold table\n{dl.results.END}\nafter\n")
+    assert run(["results", "--readme", readme], capsys)[0] == 0
+    assert readme.read_text() == f"# Results\n{dl.results.BEGIN}\n{out.strip()}\n{dl.results.END}\nafter\n"
+    readme.write_text("no markers")
+    status, _, err = run(["results", "--readme", readme], capsys)
+    assert status == 2 and "no '<!-- results table" in err
 
 
 def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
@@ -64,4 +78,4 @@ def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
     assert pair["recipe"] == "tiny ensemble" and pair["seed"] == "3+3"
     write_record(pair, tmp_path / "results")
     assert results_table(load_records(tmp_path / "results")).splitlines()[2].startswith(
-        f"| tiny ensemble | 3+3 | 1 | — | {100 * made['test_accuracy']:.2f} | — |")
+        f"| tiny ensemble | 3+3 | 1 | — | {100 * made['test_accuracy']:.2f} | — | — | — |")
