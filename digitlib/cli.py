@@ -430,6 +430,9 @@ def _add_results_command(commands) -> None:
     parser.add_argument("--ensemble", metavar="RECIPE", default=None,
                         help="first record the seed ensemble of RECIPE's runs: all of them, mean of probabilities, "
                         "fp32 on the test set")
+    parser.add_argument("--shifts", metavar="RECIPE", default=None,
+                        help="first record RECIPE's runs measured again with test-time averaging over each image and "
+                        "its four 1-pixel shifts, as the recipe 'RECIPE + shifts'")
     parser.add_argument("--readme", type=Path, default=None,
                         help="write the table into this file, between its results-table markers, instead of "
                         "printing it")
@@ -445,12 +448,15 @@ def _results(args) -> int:
         raise DigitlibError(str(error)) from None
     if not records:
         raise DigitlibError(f"no run records in {args.dir or results.results_dir()}: train with --record RECIPE first")
-    if args.ensemble:
-        runs = [record for record in records if record["recipe"] == args.ensemble]
+    for recipe, derive in ((args.ensemble, lambda runs: [results.ensemble_record(runs)]),
+                           (args.shifts, lambda runs: [results.shifted_record(run) for run in runs])):
+        if recipe is None:
+            continue
+        runs = [record for record in records if record["recipe"] == recipe]
         if not runs:
-            raise DigitlibError(f"no runs of recipe {args.ensemble!r} in {args.dir or results.results_dir()}")
-        ensemble = results.ensemble_record(runs)
-        print(f"recorded {results.write_record(ensemble, args.dir)}", file=sys.stderr)
+            raise DigitlibError(f"no runs of recipe {recipe!r} in {args.dir or results.results_dir()}")
+        for record in derive(runs):
+            print(f"recorded {results.write_record(record, args.dir)}", file=sys.stderr)
         records = results.load_records(args.dir)
     table = results.results_table(records, args.recipes)
     if args.readme is None:

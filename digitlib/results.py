@@ -44,9 +44,10 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores"
 
 
-def checkpoint_accuracy(path: str | os.PathLike) -> dict[str, float]:
+def checkpoint_accuracy(path: str | os.PathLike, shifts: Sequence[tuple[int, int]] = ((0, 0),)) -> dict[str, float]:
     """{"val_accuracy", "test_accuracy"} of the checkpoint at ``path``: fp32 on the CPU, on the validation
-    split of the seed and data it records (the split it was chosen on) and on the test set."""
+    split of the seed and data it records (the split it was chosen on) and on the test set, each image's
+    probabilities averaged over ``shifts`` (``evaluation.predict_proba``)."""
     from .checkpoints import load_checkpoint, normalization
     from .data import dataset_of, load_splits
     from .evaluation import make_test_loader, predict_proba
@@ -59,7 +60,7 @@ def checkpoint_accuracy(path: str | os.PathLike) -> dict[str, float]:
     accuracy = {}
     for name, images, labels in (("val", splits.val_images, splits.val_labels),
                                  ("test", splits.test_images, splits.test_labels)):
-        probabilities, _ = predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")
+        probabilities, _ = predict_proba(model, make_test_loader(images, labels, mean, std), "cpu", shifts)
         accuracy[f"{name}_accuracy"] = int((probabilities.argmax(1) == labels).sum()) / len(labels)
     return accuracy
 
@@ -116,6 +117,17 @@ def ensemble_record(records: Sequence[dict]) -> dict:
         "machine": machine(), "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def shifted_record(record: dict) -> dict:
+    """``record``'s run measured again with test-time averaging over the image and its four 1-pixel shifts
+    (``evaluation.SMALL_SHIFTS``): recipe "<recipe> + shifts", validation and test accuracy replaced."""
+    from .evaluation import SMALL_SHIFTS
+
+    accuracy = checkpoint_accuracy(record["checkpoint"], SMALL_SHIFTS)
+    return {**record, "recipe": f"{record['recipe']} + shifts", **accuracy,
+            "evaluation": "fp32, saved checkpoint, CPU, mean of probabilities over the image and its 1-pixel shifts",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 def write_record(record: dict, folder: str | os.PathLike | None = None) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import run
 
 import digitlib as dl
@@ -79,3 +80,15 @@ def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
     write_record(pair, tmp_path / "results")
     assert results_table(load_records(tmp_path / "results")).splitlines()[2].startswith(
         f"| tiny ensemble | 3+3 | 1 | — | {100 * made['test_accuracy']:.2f} | — | — | — |")
+
+
+def test_shifted_predictions_average_the_moved_images():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10), torch.nn.LogSoftmax(dim=1))
+    x, y = torch.randn(5, 1, 4, 4), torch.arange(5)
+    plain, labels = dl.evaluation.predict_proba(model, [(x, y)], "cpu")
+    assert torch.equal(labels, y) and torch.allclose(plain, model(x).exp())
+    shifted, _ = dl.evaluation.predict_proba(model, [(x, y)], "cpu", dl.evaluation.SMALL_SHIFTS)
+    down = torch.cat([x[:, :, -1:], x[:, :, :-1]], dim=2)  # every row one down; the last wraps to the top
+    views = [x, down, x.roll(-1, 2), x.roll(1, 3), x.roll(-1, 3)]
+    assert torch.allclose(shifted, torch.stack([model(v).exp() for v in views]).mean(0), atol=1e-6)
