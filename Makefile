@@ -13,6 +13,10 @@ BIN := $(VENV)/bin
 .PHONY: setup data lint lab test test-gpu gpu-wheels course app models clean
 
 SEEDS ?= 1
+# Waiting OpenMP threads sleep instead of spinning, in everything make starts (notebook kernels included,
+# which import torch before digitlib could set it): beside another busy process, spinning costs several times over
+# (README, "Sharing the machine"). Set OMP_WAIT_POLICY=ACTIVE to spin.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 # One virtual environment. $(VENV)/.installed-X installs digitlib with the extra X (core: none); each
 # re-installs when pyproject.toml changes, and pip keeps what is already satisfied.

@@ -83,7 +83,8 @@ def _add_train_command(commands) -> None:
                         f"{_per_model('label_smoothing')})")
     parser.add_argument("--ema-decay", type=_ema_decay, default=None,
                         help="decay of an exponential moving average of the weights, which is then what is "
-                        f"validated and saved; 0: no average (default: {_per_model('ema_decay')})")
+                        f"validated and saved; 0: no average (default: {_per_model('ema_decay')}; none with --limit "
+                        "or in smoke mode)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for split, initialisation, shuffling, augmentation (default: %(default)s)")
@@ -133,7 +134,9 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
     lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
     smoothing = full_run.label_smoothing if args.label_smoothing is None else args.label_smoothing
-    ema_decay = full_run.ema_decay if args.ema_decay is None else (args.ema_decay or None)
+    # A quick run takes a few dozen steps: too few for an average that remembers about 1 / (1 - decay) of them.
+    default_ema = full_run.ema_decay if limit is None else None
+    ema_decay = default_ema if args.ema_decay is None else (args.ema_decay or None)
     if not args.resume:
         training.check_writable(out)  # before the data is loaded and hours are spent
     runtime.seed_everything(args.seed)
