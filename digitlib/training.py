@@ -132,6 +132,9 @@ def test_step(
 test_step.__test__ = False  # type: ignore[attr-defined]  # a library function: pytest must not collect it where a test imports it
 
 
+#: Devices with a fused AdamW kernel in PyTorch.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
 def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3, max_lr=1e-2, weight_decay=1e-2):
     """AdamW with a OneCycleLR schedule stepped once per batch: warm up from ``lr`` to ``max_lr``,
     then anneal far below ``lr``.
@@ -161,9 +164,6 @@ def learning_rates(epochs: int, steps_per_epoch: int, lr: float = 1e-3, max_lr: 
         scheduler.step()
     return rates
 
-
-#: Devices with a fused AdamW kernel in PyTorch.
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 #: Settings that must match for ``resume=True``: a run continued with others is a different run.
 RESUME_SETTINGS = ("epochs", "batch_size", "lr", "max_lr", "weight_decay", "clip_norm", "amp", "label_smoothing",
