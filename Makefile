@@ -65,7 +65,8 @@ course: $(VENV)/.installed-course data
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
 
 models: data
-	$(BIN)/python -m digitlib models --seeds $(SEEDS)
+	$(BIN)/python -m digitlib models --seeds $(SEEDS) --record models
+	$(BIN)/python -m digitlib results
 
 # The pad alone, no code. Voila reads app/voila.py from its working folder (template, port, kernel
 # shutdown and culling) and finds the app's template, which loads nothing from other hosts, through JUPYTER_PATH.

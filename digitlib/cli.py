@@ -282,7 +282,7 @@ def _add_models_command(commands) -> None:
                         help="train on this many of the 60,000 images (quick trials, under models/quick/; "
                         "default: all)")
     parser.add_argument("--record", metavar="RECIPE", default=None,
-                        help="write each run's settings and results to build/results/RECIPE-seed<N>.json")
+                        help="write each run's settings and results to build/results/RECIPE-<model>-seed<N>.json")
     parser.set_defaults(handler=_models)
 
 
@@ -316,7 +316,7 @@ def _models(args) -> int:
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         argv += ["--limit", str(args.limit)] if args.limit else []
         argv += ["--resume"] if state == "resume" else []
-        argv += ["--record", args.record] if args.record else []
+        argv += ["--record", f"{args.record}-{arch}"] if args.record else []
         print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if state == "resume" else ""), flush=True)
         train_args = parser.parse_args(argv)
         train_args.command_line = args.command_line

@@ -156,9 +156,12 @@ def test_bench_time_to_accuracy(capsys, monkeypatch):
     assert re.search(r"^cnn reached 50.0% validation accuracy after [\d.]+s of training", out, re.MULTILINE)
 
 
-def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, capsys):
+def test_models_trains_the_set_then_skips_and_resumes(tmp_path, tmp_path_factory, monkeypatch, capsys):
     use_models_folder(monkeypatch, tmp_path)
-    argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu"]
+    results = tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("DIGITLIB_RESULTS", str(results))
+    argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu",
+            "--record", "set"]
 
     def ctrl_c(line):  # fit saves each epoch before it logs it
         raise KeyboardInterrupt
@@ -179,6 +182,8 @@ def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, cap
         saved = read_checkpoint(path)
         assert saved["resume"] is None and saved["seed"] == seed and 0 < saved["metrics"]["test_accuracy"] <= 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["quick"]
+    assert [(r["recipe"], r["seed"], r["command"]) for r in dl.results.load_records(results)] == [
+        ("set-cnn", seed, "python -m digitlib " + " ".join(argv)) for seed in (0, 1)]  # one record per run
 
     status, out, _ = run(argv, capsys)
     assert status == 0 and out.count("already trained with these settings, skipped") == 2
