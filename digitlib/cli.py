@@ -109,7 +109,7 @@ def _add_train_command(commands) -> None:
                         help="continue an interrupted run from --out, with the same flags")
     parser.add_argument("--record", metavar="RECIPE", default=None,
                         help="when done, write the run's settings and results to build/results/RECIPE-seed<N>.json "
-                        "(`python -m digitlib results` makes the README's table from these files)")
+                        "(`python -m digitlib results` makes the results table from these files)")
     parser.set_defaults(handler=_train)
 
 
@@ -424,8 +424,8 @@ def _add_results_command(commands) -> None:
         "results", help="print the results table from the runs' records (build/results/*.json)",
         description="Print a Markdown table, one row per recipe, from the JSON records that train --record "
         "writes: seeds, epochs, validation and test accuracy (mean ± standard deviation over the seeds, fp32 "
-        "evaluation of each saved checkpoint), median seconds per epoch, and the command. The README's results "
-        "table is this output.",
+        "evaluation of each saved checkpoint), median seconds per epoch, and the command. docs/results.md's table "
+        "is this output.",
     )
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder of records (default: $DIGITLIB_RESULTS or build/results)")

@@ -1,12 +1,13 @@
-"""Training runs as records, and the README's results table generated from them.
+"""Training runs as records, and the results table (docs/results.md) generated from them.
 
 One JSON file per run (``build/results/<recipe>-seed<N>.json``, written by ``train --record RECIPE``)
 holds what is needed to repeat and to judge it: the command, the settings and seed, the validation
 accuracy after each epoch, the seconds, the machine, the versions and the date, and the final
 validation and test accuracy of the saved checkpoint. Every final figure comes from one evaluation
 path, :func:`checkpoint_accuracy`: the saved checkpoint, in fp32, on the run's own validation split and
-on the test set. ``python -m digitlib results`` prints the table from the files, so the README's table
-cannot drift from its runs; choices between recipes rest on the validation columns, never the test.
+on the test set. ``python -m digitlib results`` prints the table from the files (``--readme
+docs/results.md`` writes it there), so the published table cannot drift from its runs; choices
+between recipes rest on the validation columns, never the test.
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None)
 
 
 #: The lines between which ``results --readme`` writes the table.
-BEGIN = "<!-- results table: written by `python -m digitlib results --readme README.md` -->"
+BEGIN = "<!-- results table: written by `python -m digitlib results --readme docs/results.md` -->"
 END = "<!-- end of results table -->"
 
 
