@@ -13,6 +13,10 @@ BIN := $(VENV)/bin
 .PHONY: setup data lint lab test test-gpu gpu-wheels course app models clean
 
 SEEDS ?= 1
+# Waiting OpenMP threads sleep instead of spinning, in everything make starts (notebook kernels included,
+# which import torch before digitlib could set it): beside another busy process, spinning costs several times over
+# (README, "Sharing the machine"). Set OMP_WAIT_POLICY=ACTIVE to spin.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 # One virtual environment. $(VENV)/.installed-X installs digitlib with the extra X (core: none); each
 # re-installs when pyproject.toml changes, and pip keeps what is already satisfied.
@@ -61,7 +65,8 @@ course: $(VENV)/.installed-course data
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
 
 models: data
-	$(BIN)/python -m digitlib models --seeds $(SEEDS)
+	$(BIN)/python -m digitlib models --seeds $(SEEDS) --record models
+	$(BIN)/python -m digitlib results
 
 # The pad alone, no code. Voila reads app/voila.py from its working folder (template, port, kernel
 # shutdown and culling) and finds the app's template, which loads nothing from other hosts, through JUPYTER_PATH.

@@ -78,6 +78,13 @@ def _add_train_command(commands) -> None:
                         f"{REFERENCE_BATCH_SIZE}, scaled by the square root of --batch-size / {REFERENCE_BATCH_SIZE})")
     parser.add_argument("--weight-decay", type=_non_negative_float, default=1e-2,
                         help="AdamW's weight decay (default: %(default)s)")
+    parser.add_argument("--label-smoothing", type=_smoothing, default=None,
+                        help="label smoothing of the loss, from 0 (none) to below 1 (default: "
+                        f"{_per_model('label_smoothing')})")
+    parser.add_argument("--ema-decay", type=_ema_decay, default=None,
+                        help="decay of an exponential moving average of the weights, which is then what is "
+                        f"validated and saved; 0: no average (default: {_per_model('ema_decay')}; none with --limit "
+                        "or in smoke mode)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for split, initialisation, shuffling, augmentation (default: %(default)s)")
@@ -100,7 +107,15 @@ def _add_train_command(commands) -> None:
     parser.add_argument("--force", action="store_true", help="replace the checkpoint at --out if there is one")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from --out, with the same flags")
+    parser.add_argument("--record", metavar="RECIPE", default=None,
+                        help="when done, write the run's settings and results to build/results/RECIPE-seed<N>.json "
+                        "(`python -m digitlib results` makes the results table from these files)")
     parser.set_defaults(handler=_train)
+
+
+def _per_model(setting: str) -> str:
+    """The full runs' value of ``setting``, per architecture, for --help."""
+    return ", ".join(f"{getattr(run, setting) or 0:g} for {arch}" for arch, run in FULL_RUNS.items())
 
 
 def _train(args, again: str = "continue with the same flags plus --resume") -> int:
@@ -118,6 +133,10 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     device = runtime.pick_device(args.device)  # a bad --device fails before any data is loaded
     max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
     lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
+    smoothing = full_run.label_smoothing if args.label_smoothing is None else args.label_smoothing
+    # A quick run takes a few dozen steps: too few for an average that remembers about 1 / (1 - decay) of them.
+    default_ema = full_run.ema_decay if limit is None else None
+    ema_decay = default_ema if args.ema_decay is None else (args.ema_decay or None)
     if not args.resume:
         training.check_writable(out)  # before the data is loaded and hours are spent
     runtime.seed_everything(args.seed)
@@ -141,10 +160,11 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     try:
         history = training.fit(
             model, train_loader, val_loader, epochs, lr=lr, max_lr=max_lr, weight_decay=args.weight_decay,
-            amp=args.amp, device=device, checkpoint=out, resume=args.resume, metadata=metadata,
-            progress=sys.stderr.isatty(), log=_print_now,
+            amp=args.amp, device=device, label_smoothing=smoothing, ema_decay=ema_decay, checkpoint=out,
+            resume=args.resume, metadata=metadata, progress=sys.stderr.isatty(), log=_print_now,
         )
-        test_loss, test_accuracy = training.test_step(model, test_loader, device, runtime.amp_dtype(device, args.amp))
+        # fp32, as `evaluate` and the results records measure: the figure does not depend on the CPU's bf16 support.
+        test_loss, test_accuracy = training.test_step(model, test_loader, device, None)
         best = max(range(len(history["val_accuracy"])), key=history["val_accuracy"].__getitem__)
         with hold_interrupts():  # like the epoch saves: Ctrl-C waits until the metrics are written
             update_checkpoint(out, metrics={
@@ -158,8 +178,14 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
     print(f"best epoch {best + 1}: val accuracy {history['val_accuracy'][best]:.2%}")
-    print(f"test accuracy {test_accuracy:.2%} (loss {test_loss:.4f}, {len(splits.test_labels):,} images), "
+    print(f"test accuracy {test_accuracy:.2%} (fp32, loss {test_loss:.4f}, {len(splits.test_labels):,} images), "
           f"{sum(history['seconds']):.0f}s training, saved {out}")
+    if args.record:
+        from . import results
+
+        record = results.make_record(out, args.record, ["python", "-m", "digitlib", *args.command_line])
+        print(f"recorded {results.write_record(record)}: val {record['val_accuracy']:.2%}, "
+              f"test {record['test_accuracy']:.2%} (fp32, the saved checkpoint)")
     return 0
 
 
@@ -255,6 +281,8 @@ def _add_models_command(commands) -> None:
     parser.add_argument("--limit", type=_positive_int, default=None,
                         help="train on this many of the 60,000 images (quick trials, under models/quick/; "
                         "default: all)")
+    parser.add_argument("--record", metavar="RECIPE", default=None,
+                        help="write each run's settings and results to build/results/RECIPE-<model>-seed<N>.json")
     parser.set_defaults(handler=_models)
 
 
@@ -288,8 +316,11 @@ def _models(args) -> int:
         argv += ["--epochs", str(args.epochs)] if args.epochs else []
         argv += ["--limit", str(args.limit)] if args.limit else []
         argv += ["--resume"] if state == "resume" else []
+        argv += ["--record", f"{args.record}-{arch}"] if args.record else []
         print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if state == "resume" else ""), flush=True)
-        status = _train(parser.parse_args(argv), again="run the same command again to continue it")
+        train_args = parser.parse_args(argv)
+        train_args.command_line = args.command_line
+        status = _train(train_args, again="run the same command again to continue it")
         if status != 0:
             return status
     return 0
@@ -357,9 +388,10 @@ def _add_bench_command(commands) -> None:
 
 
 def _bench(args) -> int:
-    from . import bench, data
+    from . import bench, data, runtime
 
     splits = data.load_splits(train_limit=2000 if smoke_test() else None, test_limit=1000 if smoke_test() else None)
+    print(f"CPU threading: {runtime.thread_settings()}")
     columns = ("model", "device", "amp", "augment", "batch", "workers", "threads", "data s", "fwd+bwd s", "optim s",
                "images/s", "s/epoch")
     print("  ".join(f"{c:>9}" for c in columns))
@@ -384,6 +416,60 @@ def _bench(args) -> int:
             epochs = ", ".join(f"{s:.1f}" for s in result.seconds_per_epoch)
             print(f"cnn reached {args.target:.1%} validation accuracy after {result.seconds_to_target:.1f}s of "
                   f"training (epochs of {epochs}s, validation included)")
+    return 0
+
+
+def _add_results_command(commands) -> None:
+    parser = commands.add_parser(
+        "results", help="print the results table from the runs' records (build/results/*.json)",
+        description="Print a Markdown table, one row per recipe, from the JSON records that train --record "
+        "writes: seeds, epochs, validation and test accuracy (mean ± standard deviation over the seeds, fp32 "
+        "evaluation of each saved checkpoint), median seconds per epoch, and the command. docs/results.md's table "
+        "is this output.",
+    )
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="folder of records (default: $DIGITLIB_RESULTS or build/results)")
+    parser.add_argument("--recipes", nargs="+", default=None, help="rows to print, in order (default: all)")
+    parser.add_argument("--ensemble", metavar="RECIPE", default=None,
+                        help="first record the seed ensemble of RECIPE's runs: all of them, mean of probabilities, "
+                        "fp32 on the test set")
+    parser.add_argument("--shifts", metavar="RECIPE", default=None,
+                        help="first record RECIPE's runs measured again with test-time averaging over each image and "
+                        "its four 1-pixel shifts, as the recipe 'RECIPE + shifts'")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="write the table into this file, between its results-table markers, instead of "
+                        "printing it")
+    parser.set_defaults(handler=_results)
+
+
+def _results(args) -> int:
+    from . import results
+
+    try:
+        records = results.load_records(args.dir)
+    except (OSError, ValueError) as error:
+        raise DigitlibError(str(error)) from None
+    if not records:
+        raise DigitlibError(f"no run records in {args.dir or results.results_dir()}: train with --record RECIPE first")
+    for recipe, derive in ((args.ensemble, lambda runs: [results.ensemble_record(runs)]),
+                           (args.shifts, lambda runs: [results.shifted_record(run) for run in runs])):
+        if recipe is None:
+            continue
+        runs = [record for record in records if record["recipe"] == recipe]
+        if not runs:
+            raise DigitlibError(f"no runs of recipe {recipe!r} in {args.dir or results.results_dir()}")
+        for record in derive(runs):
+            print(f"recorded {results.write_record(record, args.dir)}", file=sys.stderr)
+        records = results.load_records(args.dir)
+    table = results.results_table(records, args.recipes)
+    if args.readme is None:
+        print(table)
+        return 0
+    try:
+        args.readme.write_text(results.replace_table(args.readme.read_text(), table))
+    except (OSError, ValueError) as error:
+        raise DigitlibError(f"{args.readme}: {error}") from None
+    print(f"wrote the table of {len(records)} records into {args.readme}")
     return 0
 
 
@@ -710,6 +796,8 @@ _non_negative_int = _number(int, 0, False, "a whole number of 0 or more")
 _positive_float = _number(float, 0.0, True, "a finite positive number")
 _non_negative_float = _number(float, 0.0, False, "a finite number of 0 or more")
 _fraction = _number(float, 0.0, True, "a fraction between 0 and 1, like 0.992", maximum=1.0)
+_smoothing = _number(float, 0.0, False, "a number from 0 to below 1, like 0.1", maximum=0.99)
+_ema_decay = _number(float, 0.0, False, "0 (no average) or a decay below 1, like 0.999", maximum=0.999999)
 _top_k = _number(int, 0, True, "a whole number from 1 to 10 (there are 10 digits)", maximum=10)
 
 
@@ -722,7 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"digitlib {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
-        _add_data_command, _add_train_command, _add_models_command, _add_bench_command, _add_evaluate_command,
+        _add_data_command, _add_train_command, _add_models_command, _add_bench_command, _add_results_command,
+        _add_evaluate_command,
         _add_predict_command, _add_export_command,
     ):
         add(commands)
@@ -732,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.command_line = sys.argv[1:] if argv is None else list(argv)  # what a results record says was run
         return args.handler(args)
     except DigitlibError as error:
         print(f"error: {error}", file=sys.stderr)

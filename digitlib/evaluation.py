@@ -30,19 +30,29 @@ CLASSES = tuple(range(10))
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, loader, device: str | torch.device | None = None):
+def predict_proba(
+    model: nn.Module, loader, device: str | torch.device | None = None, shifts: Sequence[tuple[int, int]] = ((0, 0),)
+):
     """Class probabilities (N, 10) and true labels (N,) for every batch of ``loader``, on the CPU.
 
-    Runs on ``device`` (the model is moved there), by default where the model already is.
+    Runs on ``device`` (the model is moved there), by default where the model already is. Each
+    probability is the mean over the images moved by ``shifts`` (rows, columns) pixels: by default
+    the image itself; :data:`SMALL_SHIFTS` averages it with its four 1-pixel neighbours (test-time
+    augmentation; the row or column that wraps around is background in MNIST's 4-pixel margin).
     """
     device = pick_device(device) if device is not None else model_device(model)
     model.to(device).eval()
     probabilities, labels = [], []
     for x, y in loader:
         x, _ = batch_to(x, y, device)
-        probabilities.append(model(x).float().exp().cpu())
+        views = [model(torch.roll(x, shift, dims=(2, 3)) if shift != (0, 0) else x).float().exp() for shift in shifts]
+        probabilities.append(torch.stack(views).mean(dim=0).cpu())
         labels.append(y.cpu())
     return torch.cat(probabilities), torch.cat(labels)
+
+
+#: The image and its four 1-pixel shifts, for :func:`predict_proba`'s test-time averaging.
+SMALL_SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
 
 
 def make_test_loader(images: torch.Tensor, labels: torch.Tensor, mean: float, std: float, batch_size: int = 1000):

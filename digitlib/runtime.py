@@ -10,6 +10,7 @@ matplotlib. CONTRIBUTING.md states the rule for notebooks.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 
@@ -109,3 +110,12 @@ def torch_threads(count: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def thread_settings() -> str:
+    """The CPU threading a timing ran under: PyTorch's intra-op threads and OpenMP's wait policy.
+
+    The policy is read from the environment, where OpenMP read it when torch was imported
+    (``digitlib/__init__.py`` makes it PASSIVE unless it was set).
+    """
+    return f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"

@@ -354,7 +354,7 @@ def test_reduced_runs_are_quick_runs():
                      ("resnet", 0): root / "quick" / "resnet.pt",
                      ("resnet", 1): root / "quick" / "seeds" / "resnet-seed1.pt"}
     assert dl.cli.model_set_paths(["cnn"], 1, "mnist", 2000)[("cnn", 0)] == root / "quick" / "cnn.pt"
-    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", None, 14)[("cnn", 0)] == root / "quick" / "cnn.pt"
+    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", None, 5)[("cnn", 0)] == root / "quick" / "cnn.pt"
 
 
 def test_a_model_set_checkpoint_trained_otherwise_is_neither_skipped_nor_replaced(tiny_checkpoint, tmp_path,
@@ -365,7 +365,7 @@ def test_a_model_set_checkpoint_trained_otherwise_is_neither_skipped_nor_replace
     monkeypatch.setattr(dl.data, "load_splits", lambda *a, **k: pytest.fail("trained something"))
     status, out, err = run(["models", "--models", "cnn"], capsys)
     assert one_line_error(status, err, f"{full} was trained with train_limit=600, epochs=2, not the "
-                          "train_limit=None, epochs=15 this run asks for: move it away")
+                          "train_limit=None, epochs=6 this run asks for: move it away")
     assert out == "" and full.read_bytes() == tiny_checkpoint.read_bytes()
     quick = tmp_path / "quick" / "cnn.pt"
     quick.parent.mkdir()

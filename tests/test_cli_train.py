@@ -15,7 +15,8 @@ from digitlib.checkpoints import load_checkpoint, read_checkpoint
 
 TRAIN_FLAGS = [
     "--model", "--epochs", "--batch-size", "--lr", "--max-lr", "--weight-decay", "--amp", "--no-amp", "--seed",
-    "--device", "--augment", "--workers", "--limit", "--out", "--force", "--resume",
+    "--device", "--augment", "--workers", "--limit", "--out", "--force", "--resume", "--label-smoothing",
+    "--ema-decay", "--record",
 ]
 BENCH_FLAGS = ["--device", "--amp", "--no-amp", "--models", "--augment", "--batch-sizes", "--workers", "--threads",
                "--batches", "--target", "--target-epochs"]
@@ -35,13 +36,15 @@ def test_help_explains_every_flag(capsys, command, flags):
     assert status == 0
     for flag in flags:
         assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
-    assert "(default: 15 for cnn, 25 for resnet)" in out or command == "bench"
+    assert "(default: 6 for cnn, 25 for resnet)" in out or command == "bench"
 
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["train", "--epochs", "0"], "argument --epochs: '0' is not a positive whole number"),
     (["train", "--batch-size", "many"], "argument --batch-size: 'many' is not a positive whole number"),
     (["train", "--lr", "-1"], "argument --lr: '-1' is not a finite positive number"),
+    (["train", "--ema-decay", "1"], "argument --ema-decay: '1' is not 0 (no average) or a decay below 1"),
+    (["train", "--label-smoothing", "1"], "argument --label-smoothing: '1' is not a number from 0 to below 1"),
     (["train", "--workers", "-2"], "argument --workers: '-2' is not a whole number of 0 or more"),
     (["train", "--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
     (["train", "--bogus"], "unrecognized arguments: --bogus"),
@@ -56,10 +59,11 @@ def test_bad_flags_get_argparse_errors(capsys, argv, message):
     assert message in err
 
 
-def test_tiny_training_run(tmp_path, capsys):
+def test_tiny_training_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DIGITLIB_RESULTS", str(tmp_path / "results"))
     out_path = tmp_path / "x.pt"
     argv = ["train", "--model", "cnn", "--epochs", "2", "--batch-size", "32", "--augment", "none", "--limit", "600"]
-    status, out, err = run([*argv, "--out", str(out_path)], capsys)
+    status, out, err = run([*argv, "--out", str(out_path), "--record", "tiny"], capsys)
     assert status == 0, err
     lines = out.splitlines()
     device = dl.runtime.pick_device()
@@ -68,7 +72,8 @@ def test_tiny_training_run(tmp_path, capsys):
         assert re.fullmatch(
             rf"epoch +{epoch}/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+% +[\d.]+s( +\*)?", line
         )
-    printed = re.search(r"^test accuracy ([\d.]+)% \(loss [\d.]+, 1,000 images\), .* saved (.+)$", out, re.MULTILINE)
+    printed = re.search(r"^test accuracy ([\d.]+)% \(fp32, loss [\d.]+, 1,000 images\), .* saved (.+)$", out,
+                        re.MULTILINE)
     assert printed and printed.group(2) == str(out_path)
 
     model, info = load_checkpoint(out_path, arch="cnn")
@@ -79,6 +84,11 @@ def test_tiny_training_run(tmp_path, capsys):
     assert {"val_accuracy", "val_loss", "test_loss"} <= metrics.keys()
     assert set(info["normalization"]) == {"mean", "std"} and info["seed"] == 0
     assert info["training"]["epochs"] == 2 and info["training"]["batch_size"] == 32 and info["resume"] is None
+    assert info["training"]["ema_decay"] is None  # a quick run (--limit) averages no weights: too few steps
+    (record,) = dl.results.load_records(tmp_path / "results")  # --record: the run and its fp32 figures
+    assert record["recipe"] == "tiny" and record["seed"] == 0 and record["command"].endswith("--record tiny")
+    assert record["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=0.002)  # batch sizes differ
+    assert f"recorded {tmp_path / 'results' / 'tiny-seed0.json'}" in out
 
     # The run finished, so --resume has nothing to do: one clear line, exit 2.
     status, out, err = run([*argv, "--out", str(out_path), "--resume"], capsys)
@@ -121,7 +131,8 @@ def test_bench_prints_a_row_per_model_and_pipeline(capsys, monkeypatch):
         capsys,
     )
     assert status == 0, err
-    header, *rows = out.splitlines()
+    threading, header, *rows = out.splitlines()
+    assert threading.startswith("CPU threading: ") and "OMP_WAIT_POLICY=" in threading
     assert header.split() == ["model", "device", "amp", "augment", "batch", "workers", "threads", "data", "s",
                               "fwd+bwd", "s", "optim", "s", "images/s", "s/epoch"]
     assert [row.split()[:4:3] for row in rows] == [["cnn", "device"], ["cnn", "albumentations"],
@@ -145,9 +156,12 @@ def test_bench_time_to_accuracy(capsys, monkeypatch):
     assert re.search(r"^cnn reached 50.0% validation accuracy after [\d.]+s of training", out, re.MULTILINE)
 
 
-def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, capsys):
+def test_models_trains_the_set_then_skips_and_resumes(tmp_path, tmp_path_factory, monkeypatch, capsys):
     use_models_folder(monkeypatch, tmp_path)
-    argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu"]
+    results = tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("DIGITLIB_RESULTS", str(results))
+    argv = ["models", "--models", "cnn", "--seeds", "2", "--epochs", "2", "--limit", "300", "--device", "cpu",
+            "--record", "set"]
 
     def ctrl_c(line):  # fit saves each epoch before it logs it
         raise KeyboardInterrupt
@@ -168,6 +182,8 @@ def test_models_trains_the_set_then_skips_and_resumes(tmp_path, monkeypatch, cap
         saved = read_checkpoint(path)
         assert saved["resume"] is None and saved["seed"] == seed and 0 < saved["metrics"]["test_accuracy"] <= 1
     assert sorted(path.name for path in tmp_path.iterdir()) == ["quick"]
+    assert [(r["recipe"], r["seed"], r["command"]) for r in dl.results.load_records(results)] == [
+        ("set-cnn", seed, "python -m digitlib " + " ".join(argv)) for seed in (0, 1)]  # one record per run
 
     status, out, _ = run(argv, capsys)
     assert status == 0 and out.count("already trained with these settings, skipped") == 2

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -88,6 +91,17 @@ def test_pick_device(monkeypatch):
     assert pick_device() == torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert pick_device() == torch.device("cuda") and pick_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("environment", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_waiting_threads_sleep_unless_the_environment_says_otherwise(environment, expected):
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if environment:
+        env["OMP_WAIT_POLICY"] = environment
+    code = "import sys, digitlib; early = 'torch' in sys.modules; print(early, digitlib.runtime.thread_settings())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    # `import digitlib` loads no torch, so the policy is in place before OpenMP reads it.
+    assert out.split()[0] == "False" and out.strip().endswith(f"OMP_WAIT_POLICY={expected}")
 
 
 def test_torch_threads_restores_the_setting():

@@ -6,13 +6,16 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers import use_models_folder
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 
 import digitlib as dl
 from digitlib.checkpoints import load_checkpoint, read_checkpoint
 from digitlib.runtime import seed_everything
-from digitlib.training import fit, learning_rates
+from digitlib.training import fit, learning_rates, make_optimizer, train_step
 
 QUIET = {"device": "cpu", "progress": False, "log": None}
 
@@ -200,8 +203,9 @@ def test_load_or_train_trains_a_stand_in_once_then_loads(tmp_path, monkeypatch):
         dl.training.load_or_train("resnet", tmp_path / "cnn.pt", device="cpu", log=None)
 
 
-def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
-    """Dropout, shuffling and on-device augmentation all continue where they stopped."""
+@pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "label_smoothing": 0.1}])
+def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, options):
+    """Dropout, shuffling, on-device augmentation and the weights' average all continue where they stopped."""
     splits = dl.data.load_splits(seed=0, train_limit=300, test_limit=10)
 
     def run(path, stop_after=None, resume=False):
@@ -219,7 +223,7 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
             seed_everything(123)  # a resumed run must not depend on the global state it starts with
         try:
             fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, resume=resume,
-                progress=False, log=log)
+                progress=False, log=log, **options)
         except KeyboardInterrupt:
             pass
         return read_checkpoint(path)
@@ -232,3 +236,69 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
     assert resumed["history"]["train_loss"] == whole["history"]["train_loss"]
     assert resumed["history"]["val_loss"] == whole["history"]["val_loss"]
     assert same_weights(resumed["state_dict"], whole["state_dict"])
+
+
+def _tiny_model_and_batches(count=2):
+    """A linear classifier of 2x2 images and ``count`` batches of 8, all seeded."""
+    seed_everything(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.LogSoftmax(dim=1))
+    return model, [(torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))) for _ in range(count)]
+
+
+def test_ema_follows_the_weights_after_every_step():
+    model, batches = _tiny_model_and_batches()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    train_step(model, batches[:1], optimizer, clip_norm=None, ema=ema)
+    first = weights(model)
+    assert same_weights(weights(ema.module), first)  # the first update copies the weights
+    train_step(model, batches[1:], optimizer, clip_norm=None, ema=ema)
+    for name, value in weights(ema.module).items():
+        assert torch.allclose(value, 0.9 * first[name] + 0.1 * weights(model)[name])
+
+
+def test_label_smoothing_mixes_the_loss_with_the_uniform_targets():
+    model, batches = _tiny_model_and_batches(1)
+    (x, y), = batches
+    with torch.no_grad():
+        log_probs = model(x)
+    plain, uniform = F.nll_loss(log_probs, y).item(), -log_probs.mean().item()
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss, _ = train_step(model, batches, frozen, clip_norm=None, label_smoothing=0.2)
+    assert loss == pytest.approx(0.8 * plain + 0.2 * uniform, rel=1e-5)
+    assert train_step(model, batches, frozen, clip_norm=None)[0] == pytest.approx(plain, rel=1e-5)
+
+
+def test_fit_validates_and_keeps_the_average(tiny_loaders, tmp_path):
+    train_loader, val_loader, _ = tiny_loaders
+    model = dl.models.build_model("cnn")
+    history = fit(model, train_loader, val_loader, epochs=2, ema_decay=0.5, checkpoint=tmp_path / "ema.pt", **QUIET)
+    assert len(history["raw_val_accuracy"]) == 2  # the raw weights, measured beside the average
+    saved = read_checkpoint(tmp_path / "ema.pt")
+    assert saved["training"]["ema_decay"] == 0.5 and saved["history"]["raw_val_accuracy"] == history["raw_val_accuracy"]
+    assert dl.training.test_step(model, val_loader)[1] == pytest.approx(max(history["val_accuracy"]), abs=0.01)
+    assert "raw_val_accuracy" not in fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, **QUIET)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"label_smoothing": 1.0}, "label_smoothing must be from 0 to below 1"),
+    ({"ema_decay": 1.0}, "ema_decay must be between 0 and 1"),
+])
+def test_bad_smoothing_or_decay_is_refused_before_training(tiny_loaders, setting, message):
+    train_loader, val_loader, _ = tiny_loaders
+    with pytest.raises(dl.training.TrainingError, match=message):
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, **setting, **QUIET)
+
+
+def test_adamw_is_fused_where_torch_has_the_kernel_and_computes_the_same_update(monkeypatch):
+    model, batches = _tiny_model_and_batches()
+    fused, _ = make_optimizer(model, steps_per_epoch=2, epochs=1)
+    assert fused.param_groups[0]["fused"] is True  # the CPU has a fused kernel
+    other, _ = _tiny_model_and_batches()
+    monkeypatch.setattr(dl.training, "FUSED_ADAMW_DEVICES", ())  # as on a device without one
+    unfused, _ = make_optimizer(other, steps_per_epoch=2, epochs=1)
+    assert not unfused.param_groups[0]["fused"]
+    for net, optimizer in ((model, fused), (other, unfused)):
+        train_step(net, batches, optimizer, clip_norm=None)
+    for name, value in weights(model).items():
+        assert torch.allclose(value, weights(other)[name], atol=1e-6)

@@ -1,0 +1,204 @@
+"""Training runs as records, and the results table (docs/results.md) generated from them.
+
+One JSON file per run (``build/results/<recipe>-seed<N>.json``, written by ``train --record RECIPE``)
+holds what is needed to repeat and to judge it: the command, the settings and seed, the validation
+accuracy after each epoch, the seconds, the machine, the versions and the date, and the final
+validation and test accuracy of the saved checkpoint. Every final figure comes from one evaluation
+path, :func:`checkpoint_accuracy`: the saved checkpoint, in fp32, on the run's own validation split and
+on the test set. ``python -m digitlib results`` prints the table from the files (``--readme
+docs/results.md`` writes it there), so the published table cannot drift from its runs; choices
+between recipes rest on the validation columns, never the test.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+#: The record fields the table reads (a file without them is refused by :func:`load_records`).
+RECORD_KEYS = ("recipe", "command", "settings", "seed", "val_accuracy_per_epoch", "val_accuracy", "test_accuracy",
+               "seconds", "machine", "torch", "date")
+
+
+def results_dir() -> Path:
+    """Where records go: ``$DIGITLIB_RESULTS``, else ``build/results/`` at the repository root."""
+    from .config import repo_root
+
+    return Path(os.environ.get("DIGITLIB_RESULTS") or repo_root() / "build" / "results")
+
+
+def machine() -> str:
+    """The CPU's model name and core count (from /proc/cpuinfo on Linux, else ``platform``)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as file:
+            name = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def checkpoint_accuracy(path: str | os.PathLike, shifts: Sequence[tuple[int, int]] = ((0, 0),)) -> dict[str, float]:
+    """{"val_accuracy", "test_accuracy"} of the checkpoint at ``path``: fp32 on the CPU, on the validation
+    split of the seed and data it records (the split it was chosen on) and on the test set, each image's
+    probabilities averaged over ``shifts`` (``evaluation.predict_proba``)."""
+    from .checkpoints import load_checkpoint, normalization
+    from .data import dataset_of, load_splits
+    from .evaluation import make_test_loader, predict_proba
+
+    model, info = load_checkpoint(path, device="cpu")
+    limit = info.get("data", {}).get("train_limit")
+    splits = load_splits(seed=info.get("seed", 0), train_limit=limit, test_limit=1000 if limit else None,
+                         dataset=dataset_of(info))
+    mean, std = normalization(info, path)
+    accuracy = {}
+    for name, images, labels in (("val", splits.val_images, splits.val_labels),
+                                 ("test", splits.test_images, splits.test_labels)):
+        probabilities, _ = predict_proba(model, make_test_loader(images, labels, mean, std), "cpu", shifts)
+        accuracy[f"{name}_accuracy"] = int((probabilities.argmax(1) == labels).sum()) / len(labels)
+    return accuracy
+
+
+def make_record(path: str | os.PathLike, recipe: str, command: Sequence[str]) -> dict:
+    """The record of the finished run saved at ``path``, trained by ``command`` with recipe name ``recipe``."""
+    import torch
+
+    from .checkpoints import read_checkpoint
+
+    info = read_checkpoint(path)
+    history = info["history"]
+    return {
+        "recipe": recipe, "command": " ".join(command), "checkpoint": str(path), "settings": info.get("training", {}),
+        "data": info.get("data", {}), "seed": info.get("seed"), "epochs": len(history["epoch"]),
+        "best_epoch": info.get("best_epoch"), "val_accuracy_per_epoch": history["val_accuracy"],
+        **({"raw_val_accuracy_per_epoch": history["raw_val_accuracy"]} if "raw_val_accuracy" in history else {}),
+        **checkpoint_accuracy(path), "evaluation": "fp32, saved checkpoint, CPU",
+        "seconds": sum(history["seconds"]), "seconds_per_epoch": history["seconds"],
+        "machine": machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def ensemble_record(records: Sequence[dict]) -> dict:
+    """The seed ensemble of the runs ``records`` (one recipe): the mean of their checkpoints' fp32 test
+    probabilities. Every run is a member, with equal weight, so nothing is chosen on the test set. It has
+    no validation accuracy: each seed holds out a different 12,000 images, which other seeds trained on.
+    """
+    import torch
+
+    from .checkpoints import load_checkpoint, normalization
+    from .data import load_dataset
+    from .evaluation import average_probabilities, make_test_loader, predict_proba
+
+    data = records[0].get("data", {})
+    images, labels = load_dataset(data.get("dataset", "mnist"), train=False)
+    if data.get("train_limit"):  # a quick run's test set, as checkpoint_accuracy measured its members on
+        images, labels = images[:1000], labels[:1000]
+    probabilities = []
+    for run in records:
+        model, info = load_checkpoint(run["checkpoint"], device="cpu")
+        mean, std = normalization(info, run["checkpoint"])
+        probabilities.append(predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")[0])
+    correct = int((average_probabilities(*probabilities).argmax(1) == labels).sum())
+    return {
+        "recipe": f"{records[0]['recipe']} ensemble", "kind": "ensemble",
+        "members": [run["checkpoint"] for run in records],
+        "command": "python -m digitlib evaluate --model " + " ".join(run["checkpoint"] for run in records),
+        "settings": records[0]["settings"], "seed": "+".join(str(run["seed"]) for run in records),
+        "val_accuracy_per_epoch": [], "val_accuracy": None, "test_accuracy": correct / len(labels),
+        "evaluation": "fp32, saved checkpoints, CPU, mean of probabilities",
+        "seconds": sum(run["seconds"] for run in records),
+        "machine": machine(), "torch": torch.__version__,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def shifted_record(record: dict) -> dict:
+    """``record``'s run measured again with test-time averaging over the image and its four 1-pixel shifts
+    (``evaluation.SMALL_SHIFTS``): recipe "<recipe> + shifts", validation and test accuracy replaced."""
+    from .evaluation import SMALL_SHIFTS
+
+    accuracy = checkpoint_accuracy(record["checkpoint"], SMALL_SHIFTS)
+    return {**record, "recipe": f"{record['recipe']} + shifts", **accuracy,
+            "evaluation": "fp32, saved checkpoint, CPU, mean of probabilities over the image and its 1-pixel shifts",
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def write_record(record: dict, folder: str | os.PathLike | None = None) -> Path:
+    """Write ``record`` as ``<folder>/<recipe>-seed<seed>.json`` (default folder: :func:`results_dir`)."""
+    path = Path(folder or results_dir()) / f"{record['recipe'].replace(' ', '-')}-seed{record['seed']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def load_records(folder: str | os.PathLike | None = None) -> list[dict]:
+    """Every record in ``folder`` (default: :func:`results_dir`), sorted by recipe and seed."""
+    records = []
+    for path in sorted(Path(folder or results_dir()).glob("*.json")):
+        record = json.loads(path.read_text())
+        missing = [key for key in RECORD_KEYS if key not in record]
+        if missing:
+            raise ValueError(f"{path} is not a run record: {', '.join(missing)} missing")
+        records.append(record)
+    return sorted(records, key=lambda record: (record["recipe"], str(record["seed"])))
+
+
+def _mean_std(values: Sequence[float | None]) -> str:
+    """"mean ± sample standard deviation" in %, "—" when a value is missing (None or NaN)."""
+    numbers = [value for value in values if value is not None and not math.isnan(value)]
+    if len(numbers) < len(values):
+        return "—"
+    spread = f" ± {100 * statistics.stdev(numbers):.2f}" if len(numbers) > 1 else ""
+    return f"{100 * statistics.mean(numbers):.2f}{spread}"
+
+
+def results_table(records: Iterable[dict], recipes: Sequence[str] | None = None) -> str:
+    """A Markdown table with one row per recipe: seeds, epochs, mean ± sample standard deviation over the
+    seeds of the saved checkpoint's validation and test accuracy (%), of the best validation accuracy
+    measured during training for the weights kept and, with an EMA, for the raw weights (the two compare
+    the average with the weights it averages, on the same runs), the median seconds per epoch, and the
+    command of the first seed. An ensemble's row shows its members' seeds and its test accuracy.
+    """
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        grouped[record["recipe"]].append(record)
+    lines = ["| recipe | seeds | epochs | validation % | test % | in training: kept | raw weights | s/epoch "
+             "| command (first seed) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for recipe in recipes or sorted(grouped):
+        runs = grouped[recipe]
+        epochs = sorted({run["settings"].get("epochs") for run in runs})
+        per_epoch = statistics.median([s for run in runs for s in run.get("seconds_per_epoch", [])] or [math.nan])
+        val, test = (_mean_std([run[f"{split}_accuracy"] for run in runs]) for split in ("val", "test"))
+        kept, raw = (_mean_std([max(run.get(key) or [math.nan]) for run in runs])
+                     for key in ("val_accuracy_per_epoch", "raw_val_accuracy_per_epoch"))
+        lines.append(
+            f"| {recipe} | {', '.join(str(run['seed']) for run in runs)} | {'/'.join(map(str, epochs))} "
+            f"| {val} | {test} | {kept} | {raw} | {'—' if math.isnan(per_epoch) else f'{per_epoch:.0f}'} "
+            f"| `{runs[0]['command']}` |"
+        )
+    return "\n".join(lines)
+
+
+#: The lines between which ``results --readme`` writes the table.
+BEGIN = "<!-- results table: written by `python -m digitlib results --readme docs/results.md` -->"
+END = "<!-- end of results table -->"
+
+
+def replace_table(text: str, table: str) -> str:
+    """``text`` with the lines between :data:`BEGIN` and :data:`END` replaced by ``table``.
+
+    Raises ValueError when the markers are missing or out of order.
+    """
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {BEGIN!r} ... {END!r} block to write the table into")
+    return f"{text[:start + len(BEGIN)]}\n{table}\n{text[end:]}"
