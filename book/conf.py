@@ -4,8 +4,9 @@ The source folder is the repository itself (`sphinx-build -c book . build/book`)
 its links to notebooks and its figures under docs/ work unchanged on the site. The pages are the
 README (the front page), every notebook in notebooks/ and notebooks/solutions/, the pages in docs/
 (results, command line) and CONTRIBUTING.md; the table of contents is made from those files
-(book/digits_book.py), never from a list of names. Every notebook is executed through myst-nb's cache (jupyter-cache): a rebuild
-executes only the notebooks whose code changed. Nothing on the pages comes from another host.
+(book/digits_book.py), never from a list of names. Every notebook is executed through myst-nb's
+cache (jupyter-cache): a rebuild executes only the notebooks whose code changed. Nothing on the
+pages comes from another host.
 """
 
 from __future__ import annotations
