@@ -55,8 +55,8 @@ def pages(srcdir: Path) -> dict[str, list[str]]:
     def names(pattern: str) -> list[str]:
         return [path.relative_to(srcdir).with_suffix("").as_posix() for path in sorted(srcdir.glob(pattern))]
     return {
-        "The course": names("notebooks/[0-9]*.ipynb"),
-        "Solutions": names("notebooks/solutions/[0-9]*.ipynb"),
+        "The course": names("notebooks/*.ipynb"),
+        "Solutions": names("notebooks/solutions/*.ipynb"),
         "Results and reference": names("docs/*.md") + names("CONTRIBUTING.md"),
     }
 
