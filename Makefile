@@ -1,8 +1,10 @@
 # The course in a few commands. Each target creates or refreshes .venv, installs what it needs and makes MNIST ready.
 #   make lab       set up the course (the notebooks' extras), then open it in JupyterLab
-#   make test      set up everything, then lint (ruff, mypy) and run every test: pytest and all notebooks in smoke mode (nbval)
+#   make test      set up everything, then lint (ruff, mypy) and run every test: pytest (with the quick-mode book, read in Chromium) and all notebooks in smoke mode (nbval)
 #   make test-gpu  on a machine with a CUDA GPU: the CUDA tests and every notebook in smoke mode on the GPU
 #   make course    set up the course, then execute every notebook in full mode into build/
+#   make book      set up the book, then build the course as a website into build/book/ (QUICK=1: quick mode, build/book-quick/)
+#   make figures   build the book, then copy its key figures, small, to docs/ for the README (QUICK=1 from the quick book)
 #   make app       set up the app, then serve the drawing pad app (app/drawing_pad.ipynb) on localhost with Voila
 #   make models    set up the core, then train both models with the full-run settings (SEEDS=5 for an ensemble)
 
@@ -10,7 +12,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup data lint lab test test-gpu gpu-wheels course app models clean
+.PHONY: setup data lint lab test test-gpu gpu-wheels course book figures app models clean
 
 SEEDS ?= 1
 # Waiting OpenMP threads sleep instead of spinning, in everything make starts (notebook kernels included,
@@ -41,7 +43,7 @@ lab: $(VENV)/.installed-course data
 	$(BIN)/jupyter lab notebooks/
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check digitlib tests notebooks app
+	$(BIN)/ruff check digitlib tests notebooks app book
 	$(BIN)/mypy
 
 test: setup lint
@@ -63,6 +65,21 @@ course: $(VENV)/.installed-course data
 	$(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
 		--KernelManager.transport_encryption=auto --output-dir build/notebooks notebooks/*.ipynb
 	@echo "executed notebooks in build/notebooks, figures in build/figures"
+
+# The course as a website (book/conf.py): the README as front page, every notebook and solution executed
+# (full mode; QUICK=1 for quick mode, into its own folder and cache), navigation and search. Execution is
+# cached in build/book-cache/: a rebuild executes only the notebooks whose code changed (all of them
+# after the library, the mode or the trained models changed). Open build/book/index.html.
+BOOK_MODE := $(if $(filter-out 0,$(QUICK)),quick,full)
+BOOK_DIR := build/book$(if $(filter quick,$(BOOK_MODE)),-quick)
+book: $(VENV)/.installed-book data
+	DIGITLIB_SMOKE=$(if $(filter quick,$(BOOK_MODE)),1,0) $(BIN)/python -m sphinx -b html -c book \
+		-d build/book-doctrees/$(BOOK_MODE) . $(BOOK_DIR)
+	@echo "the book ($(BOOK_MODE) mode): $(BOOK_DIR)/index.html"
+
+# The README's figures (docs/*.png), small, from the book's build (full mode unless QUICK=1).
+figures: book
+	$(BIN)/python book/figures.py $(BOOK_DIR)
 
 models: data
 	$(BIN)/python -m digitlib models --seeds $(SEEDS) --record models

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import seaborn as sns
 
@@ -594,3 +595,37 @@ def reliability_diagram(bins, ax: plt.Axes | None = None, title: str | None = No
            title=title or f"ECE {bins.ece:.2%}")
     ax.legend(loc="upper left", fontsize=8)
     return ax
+
+
+# --- notebook 05: the drawing pad, still -----------------------------------------------------------
+
+
+def pad_still(pad, note: str | None = None) -> plt.Figure:
+    """A picture of a ``dl.drawing.DrawingPad`` as it stands: the drawing, the digit read with its
+    confidence, the 28×28 image the model saw and the ten probabilities; for pages that cannot run
+    the live widget (the book). ``note`` goes under it (which models read the drawing, say)."""
+    prediction = pad.prediction
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    # w_pad: air between the 28×28 view and the digits' labels
+    figure = plt.figure(figsize=(8.8, 2.9), layout=ConstrainedLayoutEngine(w_pad=0.12))
+    drawing_ax, seen_ax, bars_ax = figure.subplots(1, 3, width_ratios=[1, 0.62, 1.1])
+    drawing_ax.imshow(np.asarray(pad.raster), cmap="gray", vmin=0, vmax=255)
+    drawing_ax.set_title("drawn on the pad", fontsize=10)
+    seen = prediction.image if prediction is not None else np.zeros((28, 28))
+    seen_ax.imshow(seen, cmap="gray", vmin=0, vmax=1)
+    seen_ax.set_title("what the model saw (28×28)", fontsize=10)
+    for ax in (drawing_ax, seen_ax):
+        ax.set(xticks=[], yticks=[])
+        for spine in ax.spines.values():
+            spine.set_edgecolor("#888")
+    probabilities = prediction.probabilities if prediction is not None else np.zeros(10)
+    top = int(probabilities.argmax()) if prediction is not None else -1
+    bars_ax.barh(range(10), probabilities, color=["#2e9d4f" if digit == top else "#9ab" for digit in range(10)])
+    bars_ax.set(yticks=range(10), xlim=(0, 1), ylim=(9.6, -0.6), xlabel="probability")
+    bars_ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    bars_ax.set_title(f"reads {prediction.digit} ({prediction.confidence:.0%} sure)" if prediction is not None
+                      else "draw a digit", fontsize=11, fontweight="bold")
+    if note:
+        figure.supxlabel(note, fontsize=8, color="#555")
+    return figure

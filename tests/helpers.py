@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from digitlib.cli import main
+
+# Debian's Chromium, which the browser tests drive through Playwright's executable_path (Playwright's
+# own browser download is never used); None where it is not installed.
+CHROMIUM = next(
+    (path for path in ("/usr/bin/chromium", shutil.which("chromium")) if path and os.access(path, os.X_OK)), None
+)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def run(argv, capsys) -> tuple[int, str, str]:

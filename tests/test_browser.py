@@ -10,7 +10,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import psutil
 import pytest
+from helpers import CHROMIUM, CHROMIUM_ARGS
 from PIL import Image
 from traitlets.config import PyFileConfigLoader
 
@@ -34,11 +34,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "app"  # what `make app` serves, with the same working folder and JUPYTER_PATH
 APP_CONFIG = PyFileConfigLoader("voila.py", path=str(APP)).load_config()  # what Voilà reads there
-CHROMIUM = next(
-    (path for path in ("/usr/bin/chromium", shutil.which("chromium")) if path and os.access(path, os.X_OK)), None
-)
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
 PAGE_TIMEOUT_MS = 120_000  # a fresh kernel imports torch and loads both models before the pad shows
 SERVER_TIMEOUT_S = 60

@@ -253,3 +253,29 @@ def test_augmentation_gallery_shows_the_original_first():
     assert len(figure.axes) == 6
     assert figure.axes[0].get_title() == "original" and np.all(_shown(figure.axes[0]) == 0)
     assert all(np.all(_shown(ax) == 99) for ax in figure.axes[1:])
+
+
+def test_pad_still_shows_the_drawing_what_the_model_saw_and_the_ten_probabilities():
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    raster = Image.new("L", (280, 280), 255)
+    raster.paste(0, (130, 40, 150, 240))  # a 1
+    probabilities = np.full(10, 0.01)
+    probabilities[1] = 0.91
+    seen = np.zeros((28, 28), np.float32)
+    seen[4:24, 13:15] = 1.0
+    prediction = dl.drawing.Prediction(1, probabilities, seen, "CNN")
+    figure = dl.plots.pad_still(SimpleNamespace(raster=raster, prediction=prediction), note="CNN")
+    drawing_ax, seen_ax, bars_ax = figure.axes
+    assert _shown(drawing_ax).shape == (280, 280) and _shown(drawing_ax)[100, 140] == 0
+    np.testing.assert_array_equal(_shown(seen_ax), seen)
+    widths = [bar.get_width() for bar in bars_ax.patches]
+    np.testing.assert_allclose(widths, probabilities)
+    top = bars_ax.patches[1].get_facecolor()
+    assert all(bar.get_facecolor() != top for index, bar in enumerate(bars_ax.patches) if index != 1)
+    assert bars_ax.get_title() == "reads 1 (91% sure)"
+
+    empty = dl.plots.pad_still(SimpleNamespace(raster=Image.new("L", (280, 280), 255), prediction=None))
+    assert empty.axes[2].get_title() == "draw a digit" and not _shown(empty.axes[1]).any()
