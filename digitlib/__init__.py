@@ -26,7 +26,7 @@ __version__ = "0.2.0"
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 # OpenMP threads that wait at a barrier spin by default: alone that saves a little time, beside another busy
-# process it costs several times over (the README's "Sharing the machine" measures both). Waiting threads
+# process it costs several times over (docs/results.md's "Sharing the machine" measures both). Waiting threads
 # sleep instead, unless the environment says otherwise. OpenMP reads this once, when torch is first
 # imported: a program that imports torch before digitlib (or a notebook) sets it in its environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
