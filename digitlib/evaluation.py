@@ -173,7 +173,6 @@ def majority_vote(*probabilities) -> torch.Tensor:
 # --- One image at a time: the predict CLI and the drawing pad ----------------------------------
 
 
-@torch.inference_mode()
 @dataclass(frozen=True)
 class Reading:
     """What one model or an ensemble made of one picture: all ten probabilities, and what it saw."""
