@@ -35,7 +35,7 @@ from torch import nn
 from .confidence import Verdict, judge
 from .pen import CANVAS_SIZE, PEN_WIDTH, Point, draw_segment
 from .preprocess import SIZE, preprocess
-from .runtime import torch_threads
+from .runtime import to_model, torch_threads
 
 PREDICT_EVERY = 0.12  # seconds between predictions while the pen moves; pen-up always predicts
 PAPER, INK = "white", "black"
@@ -242,11 +242,10 @@ class DrawingPad:
             model, mean, std, _ = self.models[name]
             if (mean, std) not in inputs:
                 inputs[mean, std] = preprocess(self.raster, mean, std)
-            device = next(model.parameters()).device
-            # One thread: one 28x28 image is too small to share, and on a busy CPU waiting for a
-            # second thread made a prediction take 20-600 ms instead of 5-20 ms.
+            # One thread: one 28x28 image is too little work to split, and on a busy CPU a second
+            # thread only adds waiting for a free core.
             with torch_threads(1):
-                log_probabilities = model(inputs[mean, std].to(device))
+                log_probabilities = model(to_model(model, inputs[mean, std]))
             probabilities.append(log_probabilities.float().exp()[0].cpu().numpy())
         (mean, std), x = next(iter(inputs.items()))
         image = (x[0, 0] * std + mean).numpy()  # undo the normalisation: to_mnist's picture

@@ -135,6 +135,7 @@ test_step.__test__ = False  # type: ignore[attr-defined]  # a library function: 
 #: Devices with a fused AdamW kernel in PyTorch.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
+
 def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3, max_lr=1e-2, weight_decay=1e-2):
     """AdamW with a OneCycleLR schedule stepped once per batch: warm up from ``lr`` to ``max_lr``,
     then anneal far below ``lr``.
@@ -382,7 +383,7 @@ def _restore(checkpoint, model, optimizer, scheduler, scaler, settings: dict, me
     """
     if checkpoint is None:
         raise CheckpointError("resume=True needs the checkpoint to resume from: pass checkpoint=PATH.")
-    payload = read_checkpoint(checkpoint, map_location=next(model.parameters()).device)
+    payload = read_checkpoint(checkpoint, map_location=model_device(model))
     if not payload.get("resume"):
         raise CheckpointError(
             f"{checkpoint} finished training ({payload.get('epochs_completed')} epochs): nothing to resume."
