@@ -470,6 +470,7 @@ _FIELD_RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
      "None or a number between 0 and 1"),
     ("training.*", lambda v: isinstance(v, str), "text"),
     ("data.train_limit", lambda v: v is None or _is_whole(v, 1), "None or a whole number of 1 or more"),
+    ("data.split_seed", _is_whole, "a whole number"),
     ("data.*", lambda v: isinstance(v, str), "text"),
     ("export.parameters", lambda v: _is_whole(v, 0), "a whole number of 0 or more"),
     ("export.calibration_images", lambda v: _is_whole(v, 1), "a whole number of 1 or more"),

@@ -87,7 +87,10 @@ def _add_train_command(commands) -> None:
                         "or in smoke mode)")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
     parser.add_argument("--seed", type=int, default=0,
-                        help="seed for split, initialisation, shuffling, augmentation (default: %(default)s)")
+                        help="seed for initialisation, shuffling, augmentation (default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the 80/20 training/validation split; the same for every --seed, so that "
+                        "the seeds' models can be compared and ensembled on one validation set (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
     parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="device",
                         help="device: whole batches on the training device (fast); albumentations: one image at a "
@@ -140,7 +143,7 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     if not args.resume:
         training.check_writable(out)  # before the data is loaded and hours are spent
     runtime.seed_everything(args.seed)
-    splits = data.load_splits(seed=args.seed, train_limit=limit, test_limit=1000 if limit else None,
+    splits = data.load_splits(seed=args.split_seed, train_limit=limit, test_limit=1000 if limit else None,
                               dataset=args.dataset)
     train_loader, val_loader, test_loader = loaders.make_loaders(
         splits, args.batch_size, augment=args.augment, device=device, num_workers=args.workers, seed=args.seed
@@ -153,7 +156,8 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     )
     metadata = {
         "normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed,
-        "data": {"dataset": args.dataset, "train_limit": limit, "augment": args.augment},
+        "data": {"dataset": args.dataset, "train_limit": limit, "augment": args.augment,
+                 "split_seed": args.split_seed},
     }
     before = out.stat().st_mtime_ns if out.exists() else None  # to tell a new save from an old file
     previous_sigterm = _stop_on_sigterm()
@@ -329,7 +333,8 @@ def _models(args) -> int:
 def _model_set_settings(args, arch: str, seed: int, limit: int | None) -> dict:
     """The settings that make a checkpoint of the model set "already trained": what ``models`` was asked for."""
     epochs = args.epochs or FULL_RUNS[arch].epochs
-    return {"arch": arch, "seed": seed, "dataset": args.dataset, "train_limit": limit, "epochs": epochs}
+    return {"arch": arch, "seed": seed, "dataset": args.dataset, "train_limit": limit, "epochs": epochs,
+            "split_seed": 0}
 
 
 def _model_set_state(out: Path, wanted: dict) -> str:
@@ -350,6 +355,8 @@ def _model_set_state(out: Path, wanted: dict) -> str:
         raise DigitlibError(f"{error} (move it away, and run `models` again to retrain it)") from None
     recorded = {"arch": info.get("arch"), "seed": info.get("seed"), "dataset": dataset_of(info),
                 "train_limit": info.get("data", {}).get("train_limit"),
+                # Checkpoints from before --split-seed split with their own seed.
+                "split_seed": info.get("data", {}).get("split_seed", info.get("seed")),
                 "epochs": info.get("training", {}).get("epochs")}
     differ = [key for key in wanted if recorded[key] != wanted[key]]
     if differ:

@@ -124,6 +124,17 @@ def dataset_of(info: Mapping) -> str:
     name = data.get("dataset") if isinstance(data, Mapping) else None
     return dataset_info(name).name if name is not None else "mnist"
 
+
+def split_seed_of(info: Mapping) -> int:
+    """The seed of the training/validation split a checkpoint was chosen on (``info["data"]["split_seed"]``).
+
+    Checkpoints from before the split had a seed of its own split with the run's seed.
+    """
+    data = info.get("data")
+    recorded = data.get("split_seed") if isinstance(data, Mapping) else None
+    return int(recorded if recorded is not None else info.get("seed") or 0)
+
+
 #: Seconds a download waits on each network operation (connect, each read) before giving up.
 DOWNLOAD_TIMEOUT_S = 30.0
 #: Environment variable that overrides :data:`DOWNLOAD_TIMEOUT_S`.

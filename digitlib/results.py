@@ -47,15 +47,15 @@ def machine() -> str:
 
 def checkpoint_accuracy(path: str | os.PathLike, shifts: Sequence[tuple[int, int]] = ((0, 0),)) -> dict[str, float]:
     """{"val_accuracy", "test_accuracy"} of the checkpoint at ``path``: fp32 on the CPU, on the validation
-    split of the seed and data it records (the split it was chosen on) and on the test set, each image's
+    split of the split seed and data it records (the split it was chosen on) and on the test set, each image's
     probabilities averaged over ``shifts`` (``evaluation.predict_proba``)."""
     from .checkpoints import load_checkpoint, normalization
-    from .data import dataset_of, load_splits
+    from .data import dataset_of, load_splits, split_seed_of
     from .evaluation import make_test_loader, predict_proba
 
     model, info = load_checkpoint(path, device="cpu")
     limit = info.get("data", {}).get("train_limit")
-    splits = load_splits(seed=info.get("seed", 0), train_limit=limit, test_limit=1000 if limit else None,
+    splits = load_splits(seed=split_seed_of(info), train_limit=limit, test_limit=1000 if limit else None,
                          dataset=dataset_of(info))
     mean, std = normalization(info, path)
     accuracy = {}

@@ -181,6 +181,7 @@ def test_models_trains_the_set_then_skips_and_resumes(tmp_path, tmp_path_factory
     for path, seed in ((quick / "cnn.pt", 0), (quick / "seeds" / "cnn-seed1.pt", 1)):
         saved = read_checkpoint(path)
         assert saved["resume"] is None and saved["seed"] == seed and 0 < saved["metrics"]["test_accuracy"] <= 1
+        assert saved["data"]["split_seed"] == 0  # every seed holds out the same images: one validation set
     assert sorted(path.name for path in tmp_path.iterdir()) == ["quick"]
     assert [(r["recipe"], r["seed"], r["command"]) for r in dl.results.load_records(results)] == [
         ("set-cnn", seed, "python -m digitlib " + " ".join(argv)) for seed in (0, 1)]  # one record per run

@@ -565,3 +565,12 @@ def test_cli_data_with_a_bad_source_prints_one_line_and_exits_2(monkeypatch, tmp
     assert cli.main(["data", "--source", str(empty)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "is missing" in err
+
+
+def test_the_split_a_checkpoint_was_chosen_on_is_its_split_seed_else_its_seed():
+    # Every seed of a model set holds out the same images (train --split-seed 0), so that the seeds can be
+    # compared and ensembled on one validation set; checkpoints from before split with their own seed.
+    assert dl.data.split_seed_of({"seed": 3, "data": {"split_seed": 0}}) == 0
+    assert dl.data.split_seed_of({"seed": 3, "data": {"dataset": "mnist"}}) == 3
+    assert dl.data.split_seed_of({"seed": 3}) == 3
+    assert dl.data.split_seed_of({}) == 0
