@@ -13,7 +13,7 @@ import copy
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,7 +86,8 @@ def epoch_breakdown(
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_loader, _, _ = make_loaders(splits, batch_size, augment=augment, device=device, num_workers=num_workers)
-        optimizer, scheduler = make_optimizer(model, len(train_loader), 1, max_lr=FULL_RUNS[arch].max_lr)
+        config = replace(FULL_RUNS[arch].at_batch_size(batch_size), epochs=1, amp=amp)
+        optimizer, scheduler = make_optimizer(model, len(train_loader), config)
         warmup = min(3, len(train_loader) - 1)  # the first steps pay for allocations and kernel choices
         steps = len(train_loader) - warmup if batches is None else min(batches, len(train_loader) - warmup)
         if steps < 1:
@@ -147,7 +148,7 @@ def time_to_accuracy(
     device: str | torch.device | None = None,
     amp: bool | None = None,
 ) -> TimeToAccuracy:
-    """Train a DigitCNN for ``epochs`` (one-cycle over those epochs, the full run's peak learning rate),
+    """Train a DigitCNN for ``epochs`` (the full run squeezed into them, its rates scaled to ``batch_size``),
     measuring validation accuracy after every epoch: a race is a choice (of a recipe, a length), and
     nothing is chosen on the test set. An epoch's seconds include that validation pass.
     """
@@ -155,8 +156,8 @@ def time_to_accuracy(
     model = build_model("cnn")
     train_loader, val_loader, _ = make_loaders(splits, batch_size, augment=augment, device=pick_device(device))
     started = time.perf_counter()
-    history = fit(model, train_loader, val_loader, epochs, max_lr=FULL_RUNS["cnn"].max_lr, amp=amp, device=device,
-                  progress=False, log=None)
+    config = replace(FULL_RUNS["cnn"].at_batch_size(batch_size), epochs=epochs, amp=amp)
+    history = fit(model, train_loader, val_loader, config, device=device, progress=False, log=None)
     total = time.perf_counter() - started
     elapsed, reached = 0.0, None
     for seconds, accuracy in zip(history["seconds"], history["val_accuracy"], strict=True):

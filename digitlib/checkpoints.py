@@ -369,6 +369,19 @@ def normalization(info: Mapping, path: str | os.PathLike) -> Normalization:
     return Normalization(mean, std)
 
 
+def run_metadata(splits, seed: int, augment: str) -> dict:
+    """What a checkpoint records about the data of a run on ``splits`` (``data.load_splits``) with ``seed``
+    and ``augment``: the normalisation constants every reader needs, the seed, and the data's settings.
+
+    The one shape, for the CLI, the notebooks and the stand-ins alike; ``fit(..., metadata=...)`` saves it.
+    """
+    return {
+        "normalization": {"mean": splits.mean, "std": splits.std}, "seed": seed,
+        "data": {"dataset": splits.dataset, "train_limit": splits.train_limit, "augment": augment,
+                 "split_seed": splits.split_seed},
+    }
+
+
 def checkpoint_dataset(info: Mapping, path: str | os.PathLike) -> str:
     """``data.dataset_of(info)``, with a dataset this version does not know refused as a :class:`CheckpointError`."""
     from . import data
@@ -468,6 +481,7 @@ _FIELD_RULES: tuple[tuple[str, Callable[[object], bool], str], ...] = (
     ("training.label_smoothing", lambda v: _is_number(v, 0, 0.99), "a number from 0 to 0.99"),
     ("training.ema_decay", lambda v: v is None or (_is_positive(v) and _is_number(v, 0, 0.999999)),
      "None or a number between 0 and 1"),
+    ("training.amp", lambda v: v is None or isinstance(v, (bool, str)), "None, True, False or text"),
     ("training.*", lambda v: isinstance(v, str), "text"),
     ("data.train_limit", lambda v: v is None or _is_whole(v, 1), "None or a whole number of 1 or more"),
     ("data.split_seed", _is_whole, "a whole number"),

@@ -14,14 +14,23 @@ import math
 import os
 import signal
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import __version__
-from .config import DATASET_NAMES, FULL_RUNS, REFERENCE_BATCH_SIZE, dataset_models_dir, scaled_max_lr, smoke_test
+from .config import (
+    DATASET_NAMES,
+    FULL_RUNS,
+    REFERENCE_BATCH_SIZE,
+    START_LR,
+    TrainConfig,
+    dataset_models_dir,
+    run_config,
+    smoke_test,
+)
 from .errors import DigitlibError
 
 AUGMENT_CHOICES = ("device", "albumentations", "none")
-START_LR = 1e-3  # where the one-cycle schedule starts, at the reference batch size
 AMP_HELP = "mixed precision with torch.autocast (default: on for CUDA and for CPUs with bf16 hardware, off elsewhere)"
 
 
@@ -121,51 +130,74 @@ def _per_model(setting: str) -> str:
     return ", ".join(f"{getattr(run, setting) or 0:g} for {arch}" for arch, run in FULL_RUNS.items())
 
 
-def _train(args, again: str = "continue with the same flags plus --resume") -> int:
-    """``train``; ``again`` is what an interrupted run's message says to do to continue it."""
+@dataclass(frozen=True)
+class _Job:
+    """One model to train: what ``train`` parses from its flags and ``models`` builds for each seed."""
+
+    arch: str
+    config: TrainConfig
+    out: Path
+    seed: int = 0
+    split_seed: int = 0
+    dataset: str = "mnist"
+    limit: int | None = None  # training images; None: all
+    augment: str = "device"
+    workers: int | None = None
+    device: str = "auto"
+
+
+def _train(args) -> int:
+    limit = _train_limit(args.limit)
+    config = _train_config(args, limit)
+    out = args.out or model_set_paths([args.model], 1, args.dataset, limit, config.epochs)[(args.model, 0)]
+    _check_destination(out, args.force, args.resume)
+    job = _Job(args.model, config, out, args.seed, args.split_seed, args.dataset, limit, args.augment, args.workers,
+               args.device)
+    return _run_job(job, args.resume, args.record, args.command_line, "continue with the same flags plus --resume")
+
+
+def _train_config(args, limit: int | None) -> TrainConfig:
+    """The full run of ``--model`` at ``--batch-size`` (learning rates scaled), with the flags' changes."""
+    full = FULL_RUNS[args.model].at_batch_size(args.batch_size)
+    # A quick run takes a few dozen steps: too few for an average that remembers about 1 / (1 - decay) of them.
+    default_ema = full.ema_decay if limit is None else None
+    flags = {"epochs": args.epochs, "lr": args.lr, "max_lr": args.max_lr, "label_smoothing": args.label_smoothing,
+             "amp": args.amp}
+    return replace(full, weight_decay=args.weight_decay, **{k: v for k, v in flags.items() if v is not None},
+                   ema_decay=default_ema if args.ema_decay is None else (args.ema_decay or None))
+
+
+def _run_job(job: _Job, resume: bool, record: str | None, command_line: list[str], again: str) -> int:
+    """Train ``job`` into ``job.out`` (continuing it with ``resume``), measure its test accuracy, and with
+    ``record`` write the run's record; ``again`` is what an interrupted run's message says to do next."""
     from . import data, loaders, runtime, training
-    from .checkpoints import update_checkpoint
+    from .checkpoints import run_metadata, update_checkpoint
     from .files import hold_interrupts
     from .models import build_model, count_parameters
+    from .runstate import check_writable
 
-    limit = _train_limit(args.limit)
-    full_run = FULL_RUNS[args.model]
-    epochs = args.epochs or full_run.epochs
-    out = args.out or model_set_paths([args.model], 1, args.dataset, limit, epochs)[(args.model, 0)]
-    _check_destination(out, args.force, args.resume)
-    device = runtime.pick_device(args.device)  # a bad --device fails before any data is loaded
-    max_lr = args.max_lr or scaled_max_lr(full_run.max_lr, args.batch_size)
-    lr = args.lr or scaled_max_lr(START_LR, args.batch_size)
-    smoothing = full_run.label_smoothing if args.label_smoothing is None else args.label_smoothing
-    # A quick run takes a few dozen steps: too few for an average that remembers about 1 / (1 - decay) of them.
-    default_ema = full_run.ema_decay if limit is None else None
-    ema_decay = default_ema if args.ema_decay is None else (args.ema_decay or None)
-    if not args.resume:
-        training.check_writable(out)  # before the data is loaded and hours are spent
-    runtime.seed_everything(args.seed)
-    splits = data.load_splits(seed=args.split_seed, train_limit=limit, test_limit=1000 if limit else None,
-                              dataset=args.dataset)
+    device = runtime.pick_device(job.device)  # a bad --device fails before any data is loaded
+    if not resume:
+        check_writable(job.out)  # before the data is loaded and hours are spent
+    runtime.seed_everything(job.seed)
+    splits = data.load_splits(seed=job.split_seed, train_limit=job.limit, test_limit=1000 if job.limit else None,
+                              dataset=job.dataset)
     train_loader, val_loader, test_loader = loaders.make_loaders(
-        splits, args.batch_size, augment=args.augment, device=device, num_workers=args.workers, seed=args.seed
+        splits, job.config.batch_size, augment=job.augment, device=device, num_workers=job.workers, seed=job.seed
     )
-    model = build_model(args.model)
-    on = "" if args.dataset == "mnist" else f" on {data.dataset_info(args.dataset).title}"
+    model = build_model(job.arch)
+    on = "" if job.dataset == "mnist" else f" on {data.dataset_info(job.dataset).title}"
     print(
-        f"{args.model}{on}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
+        f"{job.arch}{on}: {count_parameters(model):,} parameters, {len(splits.train_labels):,} training / "
         f"{len(splits.val_labels):,} validation images, device {device}", flush=True,
     )
-    metadata = {
-        "normalization": {"mean": splits.mean, "std": splits.std}, "seed": args.seed,
-        "data": {"dataset": args.dataset, "train_limit": limit, "augment": args.augment,
-                 "split_seed": args.split_seed},
-    }
+    out = job.out
     before = out.stat().st_mtime_ns if out.exists() else None  # to tell a new save from an old file
     previous_sigterm = _stop_on_sigterm()
     try:
         history = training.fit(
-            model, train_loader, val_loader, epochs, lr=lr, max_lr=max_lr, weight_decay=args.weight_decay,
-            amp=args.amp, device=device, label_smoothing=smoothing, ema_decay=ema_decay, checkpoint=out,
-            resume=args.resume, metadata=metadata, progress=sys.stderr.isatty(), log=_print_now,
+            model, train_loader, val_loader, job.config, device=device, checkpoint=out, resume=resume,
+            metadata=run_metadata(splits, job.seed, job.augment), progress=sys.stderr.isatty(), log=_print_now,
         )
         # fp32, as `evaluate` and the results records measure: the figure does not depend on the CPU's bf16 support.
         test_loss, test_accuracy = training.test_step(model, test_loader, device, None)
@@ -176,7 +208,7 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
                 "test_loss": test_loss, "test_accuracy": test_accuracy, "test_images": len(splits.test_labels),
             })
     except KeyboardInterrupt:
-        ours = args.resume or (out.exists() and out.stat().st_mtime_ns != before)
+        ours = resume or (out.exists() and out.stat().st_mtime_ns != before)
         print(f"\ninterrupted: {_what_was_kept(out, ours, again)}", file=sys.stderr)
         return 130
     finally:
@@ -184,12 +216,12 @@ def _train(args, again: str = "continue with the same flags plus --resume") -> i
     print(f"best epoch {best + 1}: val accuracy {history['val_accuracy'][best]:.2%}")
     print(f"test accuracy {test_accuracy:.2%} (fp32, loss {test_loss:.4f}, {len(splits.test_labels):,} images), "
           f"{sum(history['seconds']):.0f}s training, saved {out}")
-    if args.record:
+    if record:
         from . import results
 
-        record = results.make_record(out, args.record, ["python", "-m", "digitlib", *args.command_line])
-        print(f"recorded {results.write_record(record)}: val {record['val_accuracy']:.2%}, "
-              f"test {record['test_accuracy']:.2%} (fp32, the saved checkpoint)")
+        run_record = results.make_record(out, record, ["python", "-m", "digitlib", *command_line])
+        print(f"recorded {results.write_record(run_record)}: val {run_record['val_accuracy']:.2%}, "
+              f"test {run_record['test_accuracy']:.2%} (fp32, the saved checkpoint)")
     return 0
 
 
@@ -307,7 +339,6 @@ def model_set_paths(archs, seeds: int, dataset: str = "mnist", limit: int | None
 
 
 def _models(args) -> int:
-    parser = build_parser()
     limit = _train_limit(args.limit)
     plan = [(arch, seed, out, _model_set_state(out, _model_set_settings(args, arch, seed, limit)))
             for (arch, seed), out in model_set_paths(args.models, args.seeds, args.dataset, limit, args.epochs).items()]
@@ -315,16 +346,12 @@ def _models(args) -> int:
         if state == "trained":
             print(f"{out}: already trained with these settings, skipped", flush=True)
             continue
-        argv = ["train", "--model", arch, "--dataset", args.dataset, "--seed", str(seed), "--device", args.device,
-                "--out", str(out)]
-        argv += ["--epochs", str(args.epochs)] if args.epochs else []
-        argv += ["--limit", str(args.limit)] if args.limit else []
-        argv += ["--resume"] if state == "resume" else []
-        argv += ["--record", f"{args.record}-{arch}"] if args.record else []
         print(f"=== {arch}, seed {seed} → {out}" + (" (resuming)" if state == "resume" else ""), flush=True)
-        train_args = parser.parse_args(argv)
-        train_args.command_line = args.command_line
-        status = _train(train_args, again="run the same command again to continue it")
+        config = run_config(arch, quick=False) if limit is None else run_config(arch, quick=True)
+        config = replace(config, epochs=args.epochs or FULL_RUNS[arch].epochs)
+        job = _Job(arch, config, out, seed, dataset=args.dataset, limit=limit, device=args.device)
+        status = _run_job(job, state == "resume", args.record and f"{args.record}-{arch}", args.command_line,
+                          "run the same command again to continue it")
         if status != 0:
             return status
     return 0

@@ -6,7 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -24,29 +24,10 @@ def smoke_test() -> bool:
     return os.environ.get("DIGITLIB_SMOKE", "").strip().lower() in _TRUE
 
 
-@dataclass(frozen=True)
-class FullRun:
-    """The settings of a full run (docs/results.md): the CLI's defaults and the notebooks' full mode."""
-
-    epochs: int
-    max_lr: float  # OneCycleLR's peak learning rate
-    label_smoothing: float = 0.0  # of the training loss's targets; 0: none
-    ema_decay: float | None = None  # of the weights' exponential moving average (validated and saved); None: none
-
-
-#: Full-run settings per architecture: docs/results.md (its table generated from the runs' records) is
-#: the evidence for each; the CNN's 6-epoch recipe and its label smoothing were chosen there on validation
-#: accuracy (an EMA of the weights did not help it).
-FULL_RUNS: dict[str, FullRun] = {
-    # No label smoothing, although it won on validation (docs/results.md): it caps a model's top
-    # probabilities near 0.9, where confidence.MIN_CONFIDENCE refuses real digits as "not a digit?".
-    "cnn": FullRun(epochs=6, max_lr=3e-3),
-    "resnet": FullRun(epochs=10, max_lr=1e-2),
-}
-
-
 #: The batch size at which the full runs' learning rates were chosen.
 REFERENCE_BATCH_SIZE = 128
+#: Where the one-cycle schedule starts, at the reference batch size.
+START_LR = 1e-3
 
 
 def scaled_max_lr(max_lr: float, batch_size: int, reference: int = REFERENCE_BATCH_SIZE) -> float:
@@ -57,6 +38,51 @@ def scaled_max_lr(max_lr: float, batch_size: int, reference: int = REFERENCE_BAT
     k (Malladi et al., 2022), not linearly as for SGD (Goyal et al., 2017).
     """
     return max_lr * math.sqrt(batch_size / reference)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How ``training.fit`` trains a model: AdamW with a one-cycle schedule, and what goes with it.
+
+    One object for the CLI, the notebooks, ``models``, ``bench`` and the stand-in models. ``fit`` saves
+    it verbatim in the checkpoint (``"training"``) and resumes a run only with an equal one. Start from
+    a preset (:func:`run_config`) and change a field with ``dataclasses.replace``; the loaders are
+    built with its ``batch_size`` (``fit`` checks that they were).
+    """
+
+    epochs: int
+    max_lr: float  # OneCycleLR's peak learning rate
+    lr: float = START_LR  # where the one-cycle schedule starts (and the learning rate it ends far below)
+    batch_size: int = REFERENCE_BATCH_SIZE
+    weight_decay: float = 1e-2  # AdamW's
+    clip_norm: float | None = 1.0  # a step's gradient is scaled down to this length; None: no clipping
+    label_smoothing: float = 0.0  # of the training loss's targets; 0: none
+    ema_decay: float | None = None  # of the weights' exponential moving average (validated and saved); None: none
+    amp: bool | None = None  # mixed precision; None: where the device computes it fast (runtime.amp_dtype)
+
+    def at_batch_size(self, batch_size: int) -> TrainConfig:
+        """The same run at another batch size, both learning rates scaled by :func:`scaled_max_lr`'s rule."""
+        return replace(self, batch_size=batch_size, lr=scaled_max_lr(self.lr, batch_size, self.batch_size),
+                       max_lr=scaled_max_lr(self.max_lr, batch_size, self.batch_size))
+
+
+#: Full-run settings per architecture: the CLI's defaults and the notebooks' full mode. docs/results.md
+#: (its table generated from the runs' records) is the evidence for each.
+FULL_RUNS: dict[str, TrainConfig] = {
+    # No label smoothing, although it won on validation (docs/results.md): it caps a model's top
+    # probabilities near 0.9, where confidence.MIN_CONFIDENCE refuses real digits as "not a digit?".
+    "cnn": TrainConfig(epochs=6, max_lr=3e-3),
+    "resnet": TrainConfig(epochs=10, max_lr=1e-2),
+}
+#: Epochs of a quick run (smoke mode, stand-ins): enough to see the loss fall, in seconds.
+QUICK_EPOCHS = 2
+
+
+def run_config(arch: str, quick: bool = False) -> TrainConfig:
+    """The full run of ``arch``, or its quick version: :data:`QUICK_EPOCHS` epochs and no average of the
+    weights (a quick run takes a few dozen steps, too few for an average over about 1 / (1 - decay) of them)."""
+    full = FULL_RUNS[arch]
+    return replace(full, epochs=QUICK_EPOCHS, ema_decay=None) if quick else full
 
 
 def repo_root() -> Path:

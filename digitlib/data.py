@@ -499,6 +499,8 @@ class MnistSplits:
     mean: float
     std: float
     dataset: str = "mnist"
+    split_seed: int = 0  # the seed of the training/validation split
+    train_limit: int | None = None  # the training images taken before the split; None: all
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -536,7 +538,7 @@ def load_splits(
     mean, std = compute_normalization(images[train_idx])
     return MnistSplits(
         images[train_idx], labels[train_idx], images[val_idx], labels[val_idx],
-        test_images, test_labels, mean, std, dataset_info(dataset).name,
+        test_images, test_labels, mean, std, dataset_info(dataset).name, seed, train_limit,
     )
 
 

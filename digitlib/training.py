@@ -3,33 +3,28 @@ optional label smoothing and an exponential moving average (EMA) of the weights.
 
 ``fit`` returns a history (per-epoch lists) and keeps the model with the best validation
 accuracy; with ``checkpoint=`` it saves that model after every epoch, plus the state needed to
-resume, so Ctrl-C (or SIGTERM, in the CLI) loses at most the epoch in progress. A resumed run
-continues exactly as the uninterrupted one would have: the checkpoint holds the optimizer,
-scheduler and random-number states, and the loaders draw each epoch from (seed, epoch).
+resume, so Ctrl-C (or SIGTERM, in the CLI) loses at most the epoch in progress. What a run is trained
+with is one ``config.TrainConfig``; what it takes to survive an interruption lives in ``runstate``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import math
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Callable, NotRequired, TypedDict
+from dataclasses import asdict, replace
+from typing import Callable, NotRequired, TypedDict, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .checkpoints import HISTORY_KEYS, check_optimizer_state, check_resume_state, read_checkpoint, save_checkpoint
-from .errors import CheckpointError, TrainingError
-from .files import check_destination, hold_interrupts
-from .models import architecture_of
+from . import runstate
+from .checkpoints import HISTORY_KEYS
+from .config import TrainConfig, run_config
+from .errors import TrainingError
 from .runtime import amp_dtype, autocast, batch_to, model_device, pick_device, seed_everything
 
 
@@ -136,317 +131,158 @@ test_step.__test__ = False  # type: ignore[attr-defined]  # a library function: 
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
-def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3, max_lr=1e-2, weight_decay=1e-2):
-    """AdamW with a OneCycleLR schedule stepped once per batch: warm up from ``lr`` to ``max_lr``,
-    then anneal far below ``lr``.
+def make_optimizer(model: nn.Module, steps_per_epoch: int, config: TrainConfig):
+    """AdamW with a OneCycleLR schedule stepped once per batch: warm up from ``config.lr`` to
+    ``config.max_lr``, then anneal far below ``config.lr``, over ``config.epochs``.
 
     AdamW is fused (one kernel for all weights) on the CPU and CUDA, where PyTorch has that kernel;
     elsewhere it is PyTorch's default (foreach). Both compute the same update.
     """
     fused = model_device(model).type in FUSED_ADAMW_DEVICES or None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
     # OneCycleLR starts at max_lr / div_factor and ignores the optimizer's lr: make them agree.
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, div_factor=max_lr / lr
+        optimizer, max_lr=config.max_lr, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+        div_factor=config.max_lr / config.lr,
     )
     return optimizer, scheduler
 
 
-def learning_rates(epochs: int, steps_per_epoch: int, lr: float = 1e-3, max_lr: float = 1e-2) -> list[float]:
-    """The learning rate of each of the ``epochs * steps_per_epoch`` steps ``fit`` takes.
+def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
+    """The learning rate of each of the ``config.epochs * steps_per_epoch`` steps ``fit`` takes.
 
     Steps the very optimizer and scheduler ``fit`` uses, on a throwaway parameter.
     """
-    optimizer, scheduler = make_optimizer(nn.Linear(1, 1), steps_per_epoch, epochs, lr, max_lr)
+    optimizer, scheduler = make_optimizer(nn.Linear(1, 1), steps_per_epoch, config)
     rates = []
-    for _ in range(epochs * steps_per_epoch):
+    for _ in range(config.epochs * steps_per_epoch):
         rates.append(scheduler.get_last_lr()[0])
         optimizer.step()  # no gradients, so a no-op; keeps the scheduler's order check quiet
         scheduler.step()
     return rates
 
 
-#: Settings that must match for ``resume=True``: a run continued with others is a different run.
-RESUME_SETTINGS = ("epochs", "batch_size", "lr", "max_lr", "weight_decay", "clip_norm", "amp", "label_smoothing",
-                   "ema_decay")
-#: What a checkpoint written before a setting existed was trained with.
-_SETTING_DEFAULTS = {"label_smoothing": 0.0, "ema_decay": None}
-#: Checkpoint fields that fit writes itself; everything else in a checkpoint is the caller's metadata.
-_OWN_FIELDS = {"format", "arch", "arch_class", "arch_kwargs", "state_dict", "versions", "date", "history", "training",
-               "epochs_completed", "best_epoch", "metrics", "resume"}
-
-
 def fit(
     model: nn.Module,
     train_loader,
     val_loader,
-    epochs: int,
-    lr: float = 1e-3,
-    max_lr: float = 1e-2,
-    weight_decay: float = 1e-2,
-    clip_norm: float | None = 1.0,
-    amp: bool | None = None,
+    config: TrainConfig,
+    *,
     device: str | torch.device | None = None,
-    label_smoothing: float = 0.0,
-    ema_decay: float | None = None,
     checkpoint: str | os.PathLike | None = None,
     metadata: dict | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> History:
-    """Train ``model`` for ``epochs`` and return its history, one list entry per epoch.
+    """Train ``model`` as ``config`` says and return its history, one list entry per epoch.
 
-    ``label_smoothing`` softens the targets of the loss (0: none). With ``ema_decay`` (say 0.999), an
-    exponential moving average of the weights and batch-norm statistics is updated after every step, and
-    it is the averaged model that is validated, kept and saved (``history["raw_val_accuracy"]`` has the
-    raw weights' validation accuracy, for comparison).
-
-    The model ends with the weights of its best validation epoch. ``checkpoint`` is saved after
-    every epoch (the best weights, with ``metadata`` such as the normalisation constants) and
-    carries a ``resume`` state until training completes; ``resume=True`` continues from it, with
-    the same settings and metadata. A loader with a ``set_epoch(epoch)`` method is told each epoch
-    so that it can draw its shuffling and augmentation from (seed, epoch).
+    The model ends with the weights of its best validation epoch. With ``config.ema_decay`` it is the
+    exponential moving average of the weights that is validated, kept and saved
+    (``history["raw_val_accuracy"]`` has the raw weights' accuracy, for comparison). ``checkpoint`` is
+    saved after every epoch (the best weights, ``config`` verbatim, and ``metadata`` such as the
+    normalisation constants: ``checkpoints.run_metadata``) with the state to resume from until training
+    completes; ``resume=True`` continues from it (``runstate``), with an equal config and the same
+    metadata. A loader with a ``set_epoch(epoch)`` method is told each epoch, so that it can draw its
+    shuffling and augmentation from (seed, epoch).
     """
-    _check_settings(epochs, lr, max_lr, weight_decay, clip_norm, label_smoothing, ema_decay)
+    check_config(config, train_loader)
     device = pick_device(device)
-    dtype = amp_dtype(device, amp)
-    model.to(device).to(memory_format=torch.channels_last)
-    optimizer, scheduler = make_optimizer(model, len(train_loader), epochs, lr, max_lr, weight_decay)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
-    validated = ema.module if ema is not None else model
-    history, best_accuracy, best_state, start_epoch = empty_history(), -1.0, None, 0
-    settings = {
-        "epochs": epochs, "lr": lr, "max_lr": max_lr, "weight_decay": weight_decay, "clip_norm": clip_norm,
-        "batch_size": getattr(train_loader, "batch_size", None),
-        "amp": str(dtype).removeprefix("torch.") if dtype else "off", "device": str(device),
-        "label_smoothing": label_smoothing, "ema_decay": ema_decay,
-    }
-    metadata = dict(metadata or {})
-
+    dtype = amp_dtype(device, config.amp)
+    run = _start(model.to(device).to(memory_format=torch.channels_last), len(train_loader), config, device, dtype)
+    run.metadata = dict(metadata or {})
     if resume:
-        saved = _restore(checkpoint, model, optimizer, scheduler, scaler, settings, metadata, ema)
-        start_epoch, history, best_state, metadata = saved
-        best_accuracy = max(history["val_accuracy"])
-        if log and start_epoch < epochs:
-            log(f"resuming {checkpoint} after epoch {start_epoch}/{epochs}")
+        runstate.restore(checkpoint, run)
+        if log and run.next_epoch < config.epochs:
+            log(f"resuming {checkpoint} after epoch {run.next_epoch}/{config.epochs}")
     elif checkpoint is not None:
-        check_writable(checkpoint)
-
-    def save(final: bool) -> None:
-        if checkpoint is None:
-            return
-        resume_state = None if final else {
-            "epoch": epoch + 1,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler else None,
-            "rng": _rng_states(),
-            **({"ema": {k: v.detach().cpu() for k, v in ema.state_dict().items()}} if ema is not None else {}),
-        }
-        best_epoch = int(np.argmax(history["val_accuracy"]))
-        with hold_interrupts(), _clear_write_errors(checkpoint):
-            save_checkpoint(
-                checkpoint, model, state_dict=best_state, **metadata, history=history, training=settings,
-                epochs_completed=len(history["epoch"]), best_epoch=best_epoch + 1,
-                metrics={"val_loss": history["val_loss"][best_epoch],
-                         "val_accuracy": history["val_accuracy"][best_epoch]},
-                resume=resume_state,
-            )
-
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, epochs):
+        runstate.check_writable(checkpoint)
+    validated = run.ema.module if run.ema is not None else model
+    for epoch in range(run.next_epoch, config.epochs):
         if hasattr(train_loader, "set_epoch"):
             train_loader.set_epoch(epoch)
-        started = time.perf_counter()
-        current_lr = scheduler.get_last_lr()[0]
+        started, lr = time.perf_counter(), run.scheduler.get_last_lr()[0]
         train_loss, train_accuracy = train_step(
-            model, train_loader, optimizer, scheduler, device, dtype, scaler, clip_norm, progress,
-            label_smoothing=label_smoothing, ema=ema,
+            model, train_loader, run.optimizer, run.scheduler, device, dtype, run.scaler, config.clip_norm, progress,
+            label_smoothing=config.label_smoothing, ema=run.ema,
         )
-        if not math.isfinite(train_loss):
-            raise TrainingError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}: the learning rate is too high for "
-                f"this model (peak {max_lr:g}); lower it"
-                + (f" ({checkpoint} keeps the best epoch so far)" if checkpoint is not None and best_state else "")
-            )
+        _check_finite(train_loss, epoch, config, checkpoint if run.best_state else None)
         val_loss, val_accuracy = test_step(validated, val_loader, device, dtype)
-        if ema is not None:
-            history.setdefault("raw_val_accuracy", []).append(test_step(model, val_loader, device, dtype)[1])
+        if run.ema is not None:
+            run.history.setdefault("raw_val_accuracy", []).append(test_step(model, val_loader, device, dtype)[1])
+        improved = val_accuracy > max(run.history["val_accuracy"], default=-1.0)
         seconds = time.perf_counter() - started
-        for key, value in zip(
-            HISTORY_KEYS, (epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, current_lr, seconds),
-            strict=True,
-        ):
-            history[key].append(value)  # type: ignore[literal-required]
-        improved = val_accuracy > best_accuracy
+        for key, value in zip(HISTORY_KEYS, (epoch + 1, train_loss, train_accuracy, val_loss, val_accuracy, lr,
+                                             seconds), strict=True):
+            run.history[key].append(value)
         if improved:
-            best_accuracy = val_accuracy
-            best_state = {k: v.detach().clone() for k, v in validated.state_dict().items()}
-        if checkpoint is not None and epoch + 1 < epochs:
-            save(final=False)  # every epoch: the resume state moves on even when the best does not
+            run.best_state = {k: v.detach().clone() for k, v in validated.state_dict().items()}
+        if checkpoint is not None and epoch + 1 < config.epochs:
+            runstate.save_epoch(checkpoint, run, final=False)  # every epoch: the resume state moves on
         if log:  # after the save: an epoch that has been reported is never lost
-            log(
-                f"epoch {epoch + 1:>3}/{epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
-                f"val loss {val_loss:.4f} acc {val_accuracy:.2%}  {seconds:5.1f}s{'  *' if improved else ''}"
-            )
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
+            log(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {train_loss:.4f} acc {train_accuracy:.2%}  "
+                f"val loss {val_loss:.4f} acc {val_accuracy:.2%}  {seconds:5.1f}s{'  *' if improved else ''}")
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
         if checkpoint is not None:
-            save(final=True)
-    return history
+            runstate.save_epoch(checkpoint, run, final=True)
+    return cast(History, run.history)
 
 
-def _check_settings(
-    epochs: int, lr: float, max_lr: float, weight_decay: float, clip_norm: float | None, label_smoothing: float = 0.0,
-    ema_decay: float | None = None,
-) -> None:
-    """Refuse settings that would train a NaN model, before any work is done."""
-    if not (isinstance(epochs, int) and epochs > 0):
-        raise TrainingError(f"epochs must be a positive whole number, not {epochs!r}")
-    positive = {"lr": lr, "max_lr": max_lr, **({"clip_norm": clip_norm} if clip_norm is not None else {})}
+def _start(model: nn.Module, steps_per_epoch: int, config: TrainConfig, device: torch.device,
+           dtype: torch.dtype | None) -> runstate.Run:
+    """A fresh run of ``model``: its optimizer and schedule, a gradient scaler for fp16 (bf16 needs
+    none), and the average of the weights if ``config`` keeps one."""
+    optimizer, scheduler = make_optimizer(model, steps_per_epoch, config)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    ema = None
+    if config.ema_decay:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    precision = str(dtype).removeprefix("torch.") if dtype else "off"
+    settings = {**asdict(config), "device": str(device), "precision": precision}
+    return runstate.Run(model, optimizer, scheduler, scaler, ema, settings)
+
+
+def _check_finite(train_loss: float, epoch: int, config: TrainConfig, kept: str | os.PathLike | None) -> None:
+    """Stop a run whose loss stopped being a number, before a broken model is validated or saved."""
+    if not math.isfinite(train_loss):
+        raise TrainingError(
+            f"the training loss became {train_loss} in epoch {epoch + 1}: the learning rate is too high for "
+            f"this model (peak {config.max_lr:g}); lower it"
+            + (f" ({kept} keeps the best epoch so far)" if kept else "")
+        )
+
+
+def check_config(config: TrainConfig, train_loader=None) -> None:
+    """Refuse settings that would train a NaN model, or that the checkpoint would misreport, before any
+    work is done: one TrainingError line each."""
+    if not isinstance(config, TrainConfig):
+        raise TrainingError(f"fit takes a TrainConfig (dl.config.run_config(arch)), not {type(config).__name__}")
+    if not (isinstance(config.epochs, int) and config.epochs > 0):
+        raise TrainingError(f"epochs must be a positive whole number, not {config.epochs!r}")
+    positive = {"lr": config.lr, "max_lr": config.max_lr,
+                **({"clip_norm": config.clip_norm} if config.clip_norm is not None else {})}
     for name, value in positive.items():
         if not (math.isfinite(value) and value > 0):
             raise TrainingError(f"{name} must be a finite positive number, not {value}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise TrainingError(f"weight_decay must be a finite number of 0 or more, not {weight_decay}")
-    if not 0 <= label_smoothing < 1:
-        raise TrainingError(f"label_smoothing must be from 0 to below 1, not {label_smoothing}")
-    if ema_decay is not None and not 0 < ema_decay < 1:
-        raise TrainingError(f"ema_decay must be between 0 and 1 (say 0.999), or None for no average, not {ema_decay}")
-    if max_lr < lr:
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise TrainingError(f"weight_decay must be a finite number of 0 or more, not {config.weight_decay}")
+    if not 0 <= config.label_smoothing < 1:
+        raise TrainingError(f"label_smoothing must be from 0 to below 1, not {config.label_smoothing}")
+    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
         raise TrainingError(
-            f"max_lr ({max_lr:g}) is below lr ({lr:g}): the one-cycle schedule warms up from lr to max_lr"
+            f"ema_decay must be between 0 and 1 (say 0.999), or None for no average, not {config.ema_decay}")
+    if config.max_lr < config.lr:
+        raise TrainingError(
+            f"max_lr ({config.max_lr:g}) is below lr ({config.lr:g}): the one-cycle schedule warms up from lr to max_lr"
         )
-
-
-def check_writable(path: str | os.PathLike) -> Path:
-    """Make sure a checkpoint can be written at ``path`` before hours are spent training for it.
-
-    Creates the folder, then writes and removes a probe file in it. Raises one line with the reason:
-    the path is a folder or a special file (``files.check_destination``), a parent is a file, the
-    folder is read-only, or the disk is full.
-    """
-    path = check_destination(Path(path))
-    with _clear_write_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = path.parent / f".{path.name}.probe"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    return path
-
-
-@contextlib.contextmanager
-def _clear_write_errors(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an OSError while writing ``path`` into one CheckpointError line that names the cause."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno == errno.ENOSPC:
-            reason = "the disk is full; free some space"
-        elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            reason = "permission denied; choose a writable folder"
-        elif error.errno in (errno.ENOTDIR, errno.EEXIST):
-            reason = "a part of the path is a file, not a folder; choose another path"
-        else:
-            reason = f"{error.strerror or error}; choose another path"
-        raise CheckpointError(f"cannot write the checkpoint {path}: {reason}") from None
-
-
-def _rng_states() -> dict:
-    """The global random states a training epoch draws from (dropout, and anything the loader uses)."""
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"].cpu())
-    if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _shown(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _restore(checkpoint, model, optimizer, scheduler, scaler, settings: dict, metadata: dict, ema=None):
-    """Load the resume state into the objects; return (next epoch, history, best weights, metadata).
-
-    Every failure is one CheckpointError line: no resume state (the run finished), another run (its
-    architecture, settings or metadata differ from this one's), or a damaged state
-    (``checkpoints.check_resume_state``), all found before anything is loaded.
-    """
-    if checkpoint is None:
-        raise CheckpointError("resume=True needs the checkpoint to resume from: pass checkpoint=PATH.")
-    payload = read_checkpoint(checkpoint, map_location=model_device(model))
-    if not payload.get("resume"):
-        raise CheckpointError(
-            f"{checkpoint} finished training ({payload.get('epochs_completed')} epochs): nothing to resume."
+    loader_batch = getattr(train_loader, "batch_size", None)
+    if loader_batch is not None and loader_batch != config.batch_size:
+        raise TrainingError(
+            f"the training loader's batches hold {loader_batch} images, the config says "
+            f"batch_size={config.batch_size}: build the loaders with config.batch_size "
+            "(the learning rates were chosen for it)"
         )
-    saved_metadata = _check_same_run(payload, checkpoint, model, settings, metadata)
-    fresh = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-    state = check_resume_state(payload, checkpoint, fresh)
-    try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as error:
-        raise CheckpointError(f"{checkpoint} does not fit this model or optimizer: {error}".splitlines()[0]) from None
-    check_optimizer_state(optimizer, checkpoint)
-    if state.get("rng"):
-        _set_rng_states(state["rng"])
-    return state["epoch"], payload["history"], payload["state_dict"], {**saved_metadata, **metadata}
-
-
-def _check_same_run(payload: dict, checkpoint, model: nn.Module, settings: dict, metadata: dict) -> dict:
-    """Raise CheckpointError unless ``payload`` is a run of ``model``'s architecture with these ``settings``
-    and ``metadata``; return its metadata. The architecture comes first: another one also has other
-    default settings, and "max_lr differs" would hide the real difference."""
-    _check_same_architecture(payload, checkpoint, model)
-    saved_settings = payload.get("training", {})
-    for key in RESUME_SETTINGS:
-        saved = saved_settings.get(key, _SETTING_DEFAULTS.get(key))
-        before, now = _shown(saved), _shown(settings[key])
-        if saved != settings[key]:
-            raise CheckpointError(
-                f"{checkpoint} was started with {key}={before}, this run asks for {key}={now}: "
-                f"resume it with {key}={before}, or train into a new checkpoint"
-            )
-    saved_metadata = {key: value for key, value in payload.items() if key not in _OWN_FIELDS}
-    # The seed and the data come first: a different normalisation is only their consequence.
-    for key in sorted(metadata, key=lambda key: (key not in ("seed", "data"), key)):
-        value = metadata[key]
-        if key in saved_metadata and saved_metadata[key] != value:
-            raise CheckpointError(
-                f"{checkpoint} was started with {key}={saved_metadata[key]}, this run has {key}={value}: resume it "
-                "with the same data and seed, or train into a new checkpoint"
-            )
-    return saved_metadata
-
-
-def _check_same_architecture(payload: dict, checkpoint, model: nn.Module) -> None:
-    """Raise CheckpointError unless the run in ``payload`` trained ``model``'s architecture (for a model digitlib
-    does not know, its class, which is what the checkpoint records)."""
-    try:
-        arch = architecture_of(model)
-    except ValueError:
-        arch = None
-    if payload.get("arch") == arch and (arch is not None or payload.get("arch_class") == type(model).__qualname__):
-        return
-    saved = payload.get("arch") or payload.get("arch_class")
-    raise CheckpointError(
-        f"{checkpoint} was started with a {saved!r} model, this run trains a {arch or type(model).__qualname__!r}: "
-        f"resume it with the same architecture (--model {saved}), or train into a new checkpoint"
-    )
 
 
 def load_or_train(
@@ -482,14 +318,16 @@ def load_or_train(
         log(f"no fully trained {arch} at {full}: using a small stand-in ({train_limit:,} images, {epochs} epochs), "
             f"{'trained just now' if not standin.exists() else 'trained earlier'} at {standin}")
     if not standin.exists():
+        from .checkpoints import run_metadata
+
         seed_everything(0)
         splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000, dataset=dataset)
-        train_loader, val_loader, _ = make_loaders(splits, batch_size=64, augment="none", device=pick_device(device))
+        config = replace(run_config(arch, quick=True), epochs=epochs, batch_size=64)
+        train_loader, val_loader, _ = make_loaders(splits, config.batch_size, augment="none",
+                                                   device=pick_device(device))
         fit(
-            build_model(arch), train_loader, val_loader, epochs, device=device, checkpoint=standin,
-            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0, "standin": True,
-                      "data": {"dataset": dataset, "train_limit": train_limit, "augment": "none"}},
-            progress=False, log=None,
+            build_model(arch), train_loader, val_loader, config, device=device, checkpoint=standin,
+            metadata={**run_metadata(splits, seed=0, augment="none"), "standin": True}, progress=False, log=None,
         )
     return _load_for(dataset, standin, device, arch)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import train_config
 
 import digitlib as dl
 
@@ -24,9 +25,7 @@ def trained_checkpoints(tmp_path_factory):
         train_loader, val_loader, _ = dl.loaders.make_loaders(splits, batch_size=64, augment="none")
         model = dl.models.build_model(arch)
         paths[arch] = folder / f"{arch}.pt"
-        dl.training.fit(
-            model, train_loader, val_loader, epochs=2, device="cpu", checkpoint=paths[arch],
-            metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 0},
-            progress=False, log=None,
-        )
+        dl.training.fit(model, train_loader, val_loader, train_config(2, train_loader), device="cpu",
+                        checkpoint=paths[arch], metadata={"normalization": {"mean": splits.mean, "std": splits.std},
+                        "seed": 0}, progress=False, log=None)
     return paths

@@ -52,3 +52,12 @@ def use_models_folder(monkeypatch, folder: Path) -> None:
     """
     monkeypatch.setenv("DIGITLIB_MODELS", str(folder))
     monkeypatch.delenv("DIGITLIB_SMOKE", raising=False)
+
+
+def train_config(epochs: int, loader=None, **settings):
+    """A ``TrainConfig`` for a test: ``epochs``, a one-cycle peak of 0.01 unless ``settings`` say otherwise,
+    and ``loader``'s batch size (``fit`` refuses loaders built with another one)."""
+    from digitlib.config import TrainConfig
+
+    batch_size = getattr(loader, "batch_size", None) or 128
+    return TrainConfig(epochs=epochs, **{"max_lr": 1e-2, "batch_size": batch_size, **settings})

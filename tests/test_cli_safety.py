@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run, use_models_folder
+from helpers import run, train_config, use_models_folder
 
 import digitlib as dl
 from digitlib.checkpoints import read_checkpoint
@@ -49,7 +49,8 @@ def test_fit_refuses_non_finite_settings_too():
     batch = [(torch.zeros(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))]
     for bad in ({"max_lr": float("nan")}, {"lr": float("inf")}, {"weight_decay": float("nan")}, {"clip_norm": -1.0}):
         with pytest.raises(dl.TrainingError, match="must be a finite"):
-            dl.training.fit(model, batch, batch, epochs=1, device="cpu", progress=False, log=None, **bad)
+            dl.training.fit(model, batch, batch, train_config(1, batch, **bad), device="cpu", progress=False,
+                            log=None)
 
 
 class NaNModel(torch.nn.Module):
@@ -66,8 +67,8 @@ class NaNModel(torch.nn.Module):
 def test_a_loss_that_stops_being_a_number_stops_training(tmp_path):
     batch = [(torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.long))] * 2
     with pytest.raises(dl.TrainingError, match="the training loss became nan in epoch 1"):
-        dl.training.fit(NaNModel(), batch, batch, epochs=3, device="cpu", checkpoint=tmp_path / "nan.pt",
-                        progress=False, log=None)
+        dl.training.fit(NaNModel(), batch, batch, train_config(3, batch), device="cpu",
+                        checkpoint=tmp_path / "nan.pt", progress=False, log=None)
     assert not (tmp_path / "nan.pt").exists()  # a NaN model is never saved
 
 
@@ -192,10 +193,10 @@ def test_fit_carries_the_metadata_across_a_resume(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        dl.training.fit(dl.models.build_model("cnn"), train, val, 3, device="cpu", checkpoint=path,
-                        metadata=metadata, progress=False, log=stop_in_epoch_two)
-    dl.training.fit(dl.models.build_model("cnn"), train, val, 3, device="cpu", checkpoint=path, resume=True,
-                    progress=False, log=None)  # no metadata passed: it comes from the checkpoint
+        dl.training.fit(dl.models.build_model("cnn"), train, val, train_config(3, train), device="cpu",
+                        checkpoint=path, metadata=metadata, progress=False, log=stop_in_epoch_two)
+    dl.training.fit(dl.models.build_model("cnn"), train, val, train_config(3, train), device="cpu", checkpoint=path,
+                    resume=True, progress=False, log=None)  # no metadata passed: it comes from the checkpoint
     assert read_checkpoint(path)["normalization"] == metadata["normalization"]
 
 
@@ -348,7 +349,10 @@ def test_a_fifo_is_not_read_as_a_checkpoint_or_an_onnx_file(tmp_path, capsys):
 
 
 def test_reduced_runs_are_quick_runs():
-    paths = dl.cli.model_set_paths(["cnn", "resnet"], 2, "mnist", None, 15)  # 15: the CNN's full run, not the ResNet's
+    cnn_epochs = dl.config.FULL_RUNS["cnn"].epochs
+    assert cnn_epochs < dl.config.FULL_RUNS["resnet"].epochs
+    # the CNN's full run, not the ResNet's
+    paths = dl.cli.model_set_paths(["cnn", "resnet"], 2, "mnist", None, cnn_epochs)
     root = dl.config.dataset_models_dir("mnist")
     assert paths == {("cnn", 0): root / "cnn.pt", ("cnn", 1): root / "seeds" / "cnn-seed1.pt",
                      ("resnet", 0): root / "quick" / "resnet.pt",
@@ -393,7 +397,7 @@ def ctrl_c_during(module, name: str, monkeypatch, when=lambda *args, **fields: T
 
 def test_ctrl_c_during_the_final_save_says_training_finished(tmp_path, capsys, monkeypatch):
     out = tmp_path / "cnn.pt"
-    ctrl_c_during(dl.training, "save_checkpoint", monkeypatch, when=lambda *a, **fields: fields["resume"] is None)
+    ctrl_c_during(dl.runstate, "save_checkpoint", monkeypatch, when=lambda *a, **fields: fields["resume"] is None)
     status, _, err = run([*TINY, "--out", out], capsys)
     assert one_line_error(status, err.strip(), f"interrupted: training had finished and {out} is saved, but its "
                           "test accuracy was not measured: nothing to resume; measure it with `python -m digitlib "

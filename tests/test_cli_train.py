@@ -36,7 +36,7 @@ def test_help_explains_every_flag(capsys, command, flags):
     assert status == 0
     for flag in flags:
         assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
-    assert "(default: 6 for cnn, 25 for resnet)" in out or command == "bench"
+    assert "(default: 6 for cnn, 10 for resnet)" in out or command == "bench"
 
 
 @pytest.mark.parametrize(("argv", "message"), [

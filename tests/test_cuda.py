@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import train_config
 
 import digitlib as dl
 from digitlib import confidence, evaluation, explain, runtime
@@ -20,8 +21,8 @@ def trained_on_cuda(tmp_path_factory):
     train_loader, val_loader, test_loader = dl.loaders.make_loaders(splits, 64, augment="device", device="cuda")
     path = tmp_path_factory.mktemp("cuda") / "cnn.pt"
     model = dl.models.build_model("cnn").to("cuda")
-    history = dl.training.fit(model, train_loader, val_loader, 2, device="cuda", checkpoint=path,
-                              metadata={"normalization": {"mean": splits.mean, "std": splits.std}},
+    history = dl.training.fit(model, train_loader, val_loader, train_config(2, train_loader), device="cuda",
+                              checkpoint=path, metadata={"normalization": {"mean": splits.mean, "std": splits.std}},
                               progress=False, log=None)
     return model, history, path, splits, test_loader
 
@@ -31,7 +32,7 @@ def test_fit_trains_on_cuda_with_autocast(trained_on_cuda):
     assert runtime.model_device(model).type == "cuda"
     assert history["val_accuracy"][-1] > 0.9
     saved = dl.checkpoints.read_checkpoint(path)
-    assert saved["training"]["amp"] in ("bfloat16", "float16") and saved["training"]["device"].startswith("cuda")
+    assert saved["training"]["precision"] in ("bfloat16", "float16") and saved["training"]["device"].startswith("cuda")
     probabilities, labels = evaluation.predict_proba(model, test_loader)
     assert probabilities.device.type == labels.device.type == "cpu"  # ready for NumPy
 

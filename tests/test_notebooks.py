@@ -224,6 +224,7 @@ TAUGHT_IN = {
     "dl.training.learning_rates": 3,
     "dl.checkpoints.read_checkpoint": 3,
     "dl.checkpoints.update_checkpoint": 3,
+    "dl.checkpoints.run_metadata": 3,
     "dl.checkpoints.load_checkpoint": 3,
     "dl.models.BasicBlock": 4,             # the residual block, its fallback and its projection
     "dl.models.DigitResNet": 4,

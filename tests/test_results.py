@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import run
+from helpers import run, train_config
 
 import digitlib as dl
 from digitlib.results import ensemble_record, load_records, make_record, results_table, write_record
@@ -65,10 +65,11 @@ def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
     dl.runtime.seed_everything(3)
     train_loader, val_loader, test_loader = dl.loaders.make_loaders(splits, 60, augment="none")
     model = dl.models.build_model("cnn")
-    dl.training.fit(model, train_loader, val_loader, epochs=1, device="cpu", checkpoint=tmp_path / "m.pt",
-                    metadata={"normalization": {"mean": splits.mean, "std": splits.std}, "seed": 3,
-                              "data": {"dataset": "mnist", "train_limit": 300, "augment": "none"}},
-                    progress=False, log=None)
+    dl.training.fit(model, train_loader, val_loader, train_config(1, train_loader), device="cpu",
+                    checkpoint=tmp_path / "m.pt", metadata={"normalization": {"mean": splits.mean, "std": splits.std},
+                    "seed": 3,
+                              "data": {"dataset": "mnist", "train_limit": 300, "augment": "none"}}, progress=False,
+                                  log=None)
     made = make_record(tmp_path / "m.pt", "tiny", ["python", "-m", "digitlib", "train"])
     assert made["seed"] == 3 and made["epochs"] == 1 and made["settings"]["epochs"] == 1
     assert made["val_accuracy"] == pytest.approx(dl.training.test_step(model, val_loader)[1], abs=1e-9)

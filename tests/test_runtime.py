@@ -16,6 +16,7 @@ import sys
 
 import pytest
 import torch
+from helpers import train_config
 
 import digitlib as dl
 from digitlib import confidence, evaluation, explain, runtime
@@ -71,12 +72,13 @@ def test_fit_trains_in_the_precision_it_was_given(monkeypatch, tmp_path, hardwar
     conv_outputs = []
     model.features[0].register_forward_hook(lambda module, inputs, output: conv_outputs.append(output.dtype))
     path = tmp_path / "amp.pt"
-    history = fit(model, train_loader, val_loader, epochs=1, device="cpu", checkpoint=path, progress=False, log=None)
+    history = fit(model, train_loader, val_loader, train_config(1, train_loader), device="cpu", checkpoint=path,
+                  progress=False, log=None)
     expected = torch.bfloat16 if hardware_bf16 else torch.float32
     assert set(conv_outputs) == {expected}  # in training and in validation
     assert all(math.isfinite(value) for value in history["train_loss"] + history["val_loss"])
     assert all(parameter.dtype == torch.float32 for parameter in model.parameters())  # fp32 master weights
-    assert read_checkpoint(path)["training"]["amp"] == ("bfloat16" if hardware_bf16 else "off")
+    assert read_checkpoint(path)["training"]["precision"] == ("bfloat16" if hardware_bf16 else "off")
 
 
 def test_pick_device(monkeypatch):

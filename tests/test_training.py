@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import use_models_folder
+from helpers import train_config, use_models_folder
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
@@ -51,7 +51,7 @@ def test_overfits_one_small_batch(small_splits, arch, epochs):
     x = dl.data.normalize(small_splits.train_images[:64], small_splits.mean, small_splits.std)
     batch = DataLoader(TensorDataset(x, small_splits.train_labels[:64]), batch_size=64)
     model = dl.models.build_model(arch, dropout=0.0)
-    history = fit(model, batch, batch, epochs=epochs, **QUIET)
+    history = fit(model, batch, batch, train_config(epochs, batch), **QUIET)
     assert history["train_loss"][-1] < history["train_loss"][0] / 10
     loss, accuracy = dl.training.test_step(model, batch)
     assert loss < 0.2  # confidently right: guessing costs ln 10 = 2.3
@@ -63,7 +63,7 @@ def test_short_run_beats_chance_by_far(small_splits):
     seed_everything(0)
     train_loader, val_loader, test_loader = dl.loaders.make_loaders(small_splits, 64, augment="none")
     model = dl.models.build_model("cnn")
-    history = fit(model, train_loader, val_loader, epochs=1, **QUIET)
+    history = fit(model, train_loader, val_loader, train_config(1, train_loader), **QUIET)
     assert history["val_accuracy"][0] > 0.85  # chance is 10 %
     assert history["val_loss"][0] < math.log(10) / 4  # guessing uniformly costs ln 10
     assert dl.training.test_step(model, test_loader)[1] > 0.85
@@ -82,7 +82,7 @@ def test_same_seed_gives_the_same_run(augment, num_workers):
             splits, batch_size=60, augment=augment, num_workers=num_workers, seed=seed
         )
         model = dl.models.build_model("cnn")
-        history = fit(model, train_loader, val_loader, epochs=2, **QUIET)
+        history = fit(model, train_loader, val_loader, train_config(2, train_loader), **QUIET)
         del history["seconds"]
         return history, weights(model)
 
@@ -109,7 +109,8 @@ def test_keeps_the_epoch_with_the_best_validation_accuracy(tiny_loaders, tmp_pat
         snapshots.append(weights(model))
 
     path = tmp_path / "best.pt"
-    history = fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, progress=False, log=log)
+    history = fit(model, train_loader, val_loader, train_config(3, train_loader), device="cpu", checkpoint=path,
+                  progress=False, log=log)
     assert history["val_accuracy"] == [0.5, 0.9, 0.7]
     assert [line.endswith("*") for line in lines] == [True, True, False]
     assert same_weights(weights(model), snapshots[1])
@@ -122,20 +123,20 @@ def test_keeps_the_epoch_with_the_best_validation_accuracy(tiny_loaders, tmp_pat
 
 def test_history_follows_the_planned_learning_rates(tiny_loaders):
     train_loader, val_loader, _ = tiny_loaders
-    history = fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=2, **QUIET)
+    history = fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(2, train_loader), **QUIET)
     steps = len(train_loader)
-    rates = learning_rates(2, steps)
+    rates = learning_rates(train_config(2, train_loader), steps)
     assert history["lr"] == pytest.approx([rates[0], rates[steps]])
 
 
 def test_learning_rate_schedule_is_one_cycle():
-    rates = learning_rates(epochs=10, steps_per_epoch=100)
+    rates = learning_rates(train_config(10), steps_per_epoch=100)
     assert len(rates) == 1000
     assert max(rates) == pytest.approx(1e-2)
     assert rates.index(max(rates)) == pytest.approx(300, abs=2)  # warm up over 30 % of the steps
     assert rates[0] == pytest.approx(1e-3)  # starts at AdamW's lr, not OneCycleLR's max_lr / 25
     assert rates[-1] < 1e-6
-    assert learning_rates(epochs=2, steps_per_epoch=10, lr=5e-4)[0] == pytest.approx(5e-4)
+    assert learning_rates(train_config(2, lr=5e-4), steps_per_epoch=10)[0] == pytest.approx(5e-4)
 
 
 def test_interrupted_fit_keeps_its_best_and_resumes(tiny_loaders, tmp_path):
@@ -149,8 +150,8 @@ def test_interrupted_fit_keeps_its_best_and_resumes(tiny_loaders, tmp_path):
         raise KeyboardInterrupt  # as if Ctrl-C arrived in epoch 2: epoch 1 was saved before it was logged
 
     with pytest.raises(KeyboardInterrupt):
-        fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, progress=False,
-            log=ctrl_c_after_epoch_one)
+        fit(model, train_loader, val_loader, train_config(3, train_loader), device="cpu", checkpoint=path,
+            progress=False, log=ctrl_c_after_epoch_one)
     saved = read_checkpoint(path)
     assert saved["epochs_completed"] == 1 and saved["resume"]["epoch"] == 1
     assert same_weights(weights(load_checkpoint(path)[0]), after_epoch_one)
@@ -158,29 +159,32 @@ def test_interrupted_fit_keeps_its_best_and_resumes(tiny_loaders, tmp_path):
     with pytest.raises(
         dl.CheckpointError, match="was started with epochs=3, this run asks for epochs=5: resume it with epochs=3"
     ):
-        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=5, checkpoint=path, resume=True, **QUIET)
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(5, train_loader), checkpoint=path,
+            resume=True, **QUIET)
 
     lines = []
-    resumed = fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=3, device="cpu", checkpoint=path,
-                  resume=True, progress=False, log=lines.append)
+    resumed = fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(3, train_loader), device="cpu",
+                  checkpoint=path, resume=True, progress=False, log=lines.append)
     assert lines[0] == f"resuming {path} after epoch 1/3" and len(lines) == 3
     assert resumed["epoch"] == [1, 2, 3]
     assert resumed["val_accuracy"][0] == saved["history"]["val_accuracy"][0]
     steps = len(train_loader)
-    assert resumed["lr"] == pytest.approx(learning_rates(3, steps)[::steps])  # the schedule went on
+    # the schedule went on
+    assert resumed["lr"] == pytest.approx(learning_rates(train_config(3, train_loader), steps)[::steps])
     finished = read_checkpoint(path)
     assert finished["resume"] is None and finished["epochs_completed"] == 3
 
     with pytest.raises(dl.CheckpointError, match="finished training \\(3 epochs\\): nothing to resume"):
-        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=3, checkpoint=path, resume=True, **QUIET)
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(3, train_loader), checkpoint=path,
+            resume=True, **QUIET)
 
 
 def test_resume_needs_a_checkpoint(tiny_loaders, tmp_path):
     train_loader, val_loader, _ = tiny_loaders
     with pytest.raises(dl.CheckpointError, match="pass checkpoint=PATH"):
-        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, resume=True, **QUIET)
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(1, train_loader), resume=True, **QUIET)
     with pytest.raises(dl.CheckpointError, match="no checkpoint at"):
-        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, resume=True,
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(1, train_loader), resume=True,
             checkpoint=tmp_path / "none.pt", **QUIET)
 
 
@@ -222,8 +226,8 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path, opti
         if not resume:
             seed_everything(123)  # a resumed run must not depend on the global state it starts with
         try:
-            fit(model, train_loader, val_loader, epochs=3, device="cpu", checkpoint=path, resume=resume,
-                progress=False, log=log, **options)
+            fit(model, train_loader, val_loader, train_config(3, train_loader, **options), device="cpu",
+                checkpoint=path, resume=resume, progress=False, log=log)
         except KeyboardInterrupt:
             pass
         return read_checkpoint(path)
@@ -272,12 +276,14 @@ def test_label_smoothing_mixes_the_loss_with_the_uniform_targets():
 def test_fit_validates_and_keeps_the_average(tiny_loaders, tmp_path):
     train_loader, val_loader, _ = tiny_loaders
     model = dl.models.build_model("cnn")
-    history = fit(model, train_loader, val_loader, epochs=2, ema_decay=0.5, checkpoint=tmp_path / "ema.pt", **QUIET)
+    history = fit(model, train_loader, val_loader, train_config(2, train_loader, ema_decay=0.5),
+                  checkpoint=tmp_path / "ema.pt", **QUIET)
     assert len(history["raw_val_accuracy"]) == 2  # the raw weights, measured beside the average
     saved = read_checkpoint(tmp_path / "ema.pt")
     assert saved["training"]["ema_decay"] == 0.5 and saved["history"]["raw_val_accuracy"] == history["raw_val_accuracy"]
     assert dl.training.test_step(model, val_loader)[1] == pytest.approx(max(history["val_accuracy"]), abs=0.01)
-    assert "raw_val_accuracy" not in fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, **QUIET)
+    assert "raw_val_accuracy" not in fit(dl.models.build_model("cnn"), train_loader, val_loader,
+                                         train_config(1, train_loader), **QUIET)
 
 
 @pytest.mark.parametrize(("setting", "message"), [
@@ -287,16 +293,16 @@ def test_fit_validates_and_keeps_the_average(tiny_loaders, tmp_path):
 def test_bad_smoothing_or_decay_is_refused_before_training(tiny_loaders, setting, message):
     train_loader, val_loader, _ = tiny_loaders
     with pytest.raises(dl.training.TrainingError, match=message):
-        fit(dl.models.build_model("cnn"), train_loader, val_loader, epochs=1, **setting, **QUIET)
+        fit(dl.models.build_model("cnn"), train_loader, val_loader, train_config(1, train_loader, **setting), **QUIET)
 
 
 def test_adamw_is_fused_where_torch_has_the_kernel_and_computes_the_same_update(monkeypatch):
     model, batches = _tiny_model_and_batches()
-    fused, _ = make_optimizer(model, steps_per_epoch=2, epochs=1)
+    fused, _ = make_optimizer(model, 2, train_config(1))
     assert fused.param_groups[0]["fused"] is True  # the CPU has a fused kernel
     other, _ = _tiny_model_and_batches()
     monkeypatch.setattr(dl.training, "FUSED_ADAMW_DEVICES", ())  # as on a device without one
-    unfused, _ = make_optimizer(other, steps_per_epoch=2, epochs=1)
+    unfused, _ = make_optimizer(other, 2, train_config(1))
     assert not unfused.param_groups[0]["fused"]
     for net, optimizer in ((model, fused), (other, unfused)):
         train_step(net, batches, optimizer, clip_norm=None)
