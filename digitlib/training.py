@@ -1,5 +1,6 @@
 """One training loop for notebooks and CLI: AdamW + OneCycleLR, NLL loss, clipping, optional AMP,
-optional label smoothing and an exponential moving average (EMA) of the weights.
+optional label smoothing and an exponential moving average (EMA) of the weights. ``train_batch`` is
+its one step, which ``fit`` takes for every batch and ``bench`` times.
 
 ``fit`` returns a history (per-epoch lists) and keeps the model with the best validation
 accuracy; with ``checkpoint=`` it saves that model after every epoch, plus the state needed to
@@ -16,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NotRequired, TypedDict
 
@@ -51,6 +53,65 @@ def empty_history() -> History:
     return History(epoch=[], train_loss=[], train_accuracy=[], val_loss=[], val_accuracy=[], lr=[], seconds=[])
 
 
+#: The longest a training step's gradient may be (its L2 norm over all the weights): a longer one is scaled
+#: down to it, so that one unlucky batch cannot throw the weights far off.
+CLIP_NORM = 1.0
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How :func:`train_batch` trains every batch of a run."""
+
+    dtype: torch.dtype | None = None  # autocast's precision (runtime.amp_dtype); None: fp32 throughout
+    clip_norm: float | None = CLIP_NORM  # None: no clipping
+    label_smoothing: float = 0.0  # of the loss's targets; 0: plain NLL
+
+
+def train_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: AveragedModel | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on the batch ``(x, y)``, already on the device of ``model`` (in train mode):
+    (the batch's mean loss, detached, and its log-probabilities), both left on the device, so that a
+    loop needs no host sync per batch.
+
+    The loss is cross-entropy with the settings' label smoothing on the model's log-probabilities. With
+    fp16, ``scaler`` (:func:`make_scaler`) scales the loss so that small gradients survive, and skips the
+    update of a step whose gradients overflowed. After the optimizer's step come ``scheduler``'s and
+    ``ema``'s (:func:`make_ema`), if given. ``fit`` trains with this function and ``bench.epoch_breakdown``
+    times it, so what is timed is what trains.
+    """
+    with autocast(x.device, settings.dtype):
+        log_probs = model(x)
+    # cross_entropy takes logits: log-probabilities are logits whose log-sum-exp is already 0.
+    loss = F.cross_entropy(log_probs.float(), y, label_smoothing=settings.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if settings.clip_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return loss.detach(), log_probs
+
+
 def train_step(
     model: nn.Module,
     loader,
@@ -59,18 +120,20 @@ def train_step(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    clip_norm: float | None = 1.0,
+    clip_norm: float | None = CLIP_NORM,
     progress: bool = False,
     *,
     label_smoothing: float = 0.0,
     ema: AveragedModel | None = None,
 ) -> tuple[float, float]:
-    """One epoch of training: (mean loss, accuracy) over the samples seen.
+    """One epoch of training, :func:`train_batch` after :func:`train_batch`: (mean loss, accuracy) over
+    the samples seen.
 
     The loss is cross-entropy with ``label_smoothing`` (0: plain NLL) on the model's log-probabilities;
     ``ema``, if given, is updated from the model after every optimizer step.
     """
     device = torch.device(device)
+    settings = StepSettings(dtype, clip_norm, label_smoothing)
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -81,29 +144,9 @@ def train_step(
     batches = iter(loader)
     for x, y in tqdm(batches, total=len(loader), desc="train", leave=False, disable=not progress):
         x, y = batch_to(x, y, device)
-        with autocast(device, dtype):
-            log_probs = model(x)
-        # cross_entropy takes logits: log-probabilities are logits whose log-sum-exp is already 0.
-        loss = F.cross_entropy(log_probs.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        else:
-            loss.backward()
-        if clip_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        loss, log_probs = train_batch(model, x, y, optimizer, settings, scaler=scaler, scheduler=scheduler, ema=ema)
         # Accumulate on the device: no host sync per batch.
-        total_loss += loss.detach() * len(y)
+        total_loss += loss * len(y)
         correct += (log_probs.argmax(1) == y).sum()
         seen += len(y)
     return total_loss.item() / seen, correct.item() / seen
@@ -152,6 +195,18 @@ def make_optimizer(model: nn.Module, steps_per_epoch: int, epochs: int, lr=1e-3,
     return optimizer, scheduler
 
 
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """The GradScaler that training in ``dtype`` on ``device`` needs: one for fp16, whose small range
+    flushes small gradients to zero unless the loss is scaled up; None for bf16 (fp32's range) and fp32."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics, updated with weight
+    ``1 - decay`` after every step (:func:`train_batch`); None for ``decay`` None or 0: no average."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+
+
 def learning_rates(epochs: int, steps_per_epoch: int, lr: float = 1e-3, max_lr: float = 1e-2) -> list[float]:
     """The learning rate of each of the ``epochs * steps_per_epoch`` steps ``fit`` takes.
 
@@ -184,7 +239,7 @@ def fit(
     lr: float = 1e-3,
     max_lr: float = 1e-2,
     weight_decay: float = 1e-2,
-    clip_norm: float | None = 1.0,
+    clip_norm: float | None = CLIP_NORM,
     amp: bool | None = None,
     device: str | torch.device | None = None,
     label_smoothing: float = 0.0,
@@ -213,8 +268,7 @@ def fit(
     dtype = amp_dtype(device, amp)
     model.to(device).to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, len(train_loader), epochs, lr, max_lr, weight_decay)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True) if ema_decay else None
+    scaler, ema = make_scaler(device, dtype), make_ema(model, ema_decay)
     validated = ema.module if ema is not None else model
     history, best_accuracy, best_state, start_epoch = empty_history(), -1.0, None, 0
     settings = {

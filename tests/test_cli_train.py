@@ -142,7 +142,8 @@ def test_bench_prints_a_row_per_model_and_pipeline(capsys, monkeypatch):
         assert (device, batch, threads) == (str(dl.runtime.pick_device()), "16", "1")
         if device == "cpu":  # AMP is on by default only on CPUs with bf16 hardware
             assert amp == ("bfloat16" if dl.runtime.cpu_has_bf16() else "off")
-        assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) > 0
+        # Three small steps' optimizer updates (clipping is timed with the backward pass) can round to 0.00 s.
+        assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) >= 0
         assert float(images_per_s) > 0 and float(epoch_s) > 0
 
 
