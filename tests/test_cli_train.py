@@ -36,7 +36,21 @@ def test_help_explains_every_flag(capsys, command, flags):
     assert status == 0
     for flag in flags:
         assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
-    assert "(default: 6 for cnn, 25 for resnet)" in out or command == "bench"
+    epochs = ", ".join(f"{run.epochs} for {arch}" for arch, run in dl.config.FULL_RUNS.items())
+    assert f"(default: {epochs})" in out or command == "bench"
+
+
+@pytest.mark.parametrize(("name", "commands"), [
+    ("device", ["train", "models", "bench", "evaluate"]), ("amp", ["train", "bench"]),
+    ("augment", ["train", "bench"]), ("workers", ["train", "bench"]), ("epochs", ["train", "models"]),
+])
+def test_a_shared_option_says_the_same_in_every_command(capsys, name, commands):
+    flag, spec = dl.cli.SHARED_OPTIONS[name]
+    said = " ".join(spec["help"].replace("%(default)s", str(spec["default"])).split())
+    for command in commands:
+        status, out, _ = run([command, "--help"], capsys)
+        assert status == 0 and flag in out
+        assert said.removesuffix(")").rsplit("(default: ", 1)[0] in " ".join(out.split()), (command, flag)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
