@@ -1,7 +1,7 @@
 """Timing: where training time goes (``python -m digitlib bench``, notebook 07) and how fast a
 trained model answers (``python -m digitlib evaluate``, notebook 05).
 
-``epoch_breakdown`` times the three parts of a training step separately (making the batch,
+``epoch_breakdown`` times the three parts of ``fit``'s own training step separately (making the batch,
 forward + backward, the optimiser step) so that a slow input pipeline cannot hide behind the
 network; ``time_to_accuracy`` trains the CNN and reports the wall time until its validation accuracy
 first reaches a target; ``single_image_latency`` and ``batch_throughput`` time inference.
@@ -17,17 +17,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import training
 from .config import FULL_RUNS
 from .data import MnistSplits
 from .errors import DataError
 from .loaders import make_loaders
 from .models import build_model
 from .preprocess import preprocess
-from .runtime import amp_dtype, autocast, model_device, pick_device, seed_everything, torch_threads
-from .training import fit, make_optimizer
+from .runtime import amp_dtype, batch_to, model_device, pick_device, seed_everything, torch_threads
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,8 @@ class EpochTiming:
     threads: int
     batches: int
     data_s: float  # waiting for the next batch: loading, augmenting, normalising, copying
-    forward_backward_s: float
-    optimizer_s: float  # clipping, AdamW and the schedule
+    forward_backward_s: float  # the forward pass, the loss, the backward pass and gradient clipping
+    optimizer_s: float  # the optimizer's update (AdamW), the schedule and any average of the weights
     epoch_images: int  # training images in one epoch
 
     @property
@@ -75,50 +74,61 @@ def epoch_breakdown(
 ) -> EpochTiming:
     """Train ``arch`` for ``batches`` steps (default: one epoch) after up to 3 warm-up steps, timing each part.
 
+    Each step is ``training.train_batch``, the step ``fit`` takes, with the settings ``train`` uses for
+    ``arch`` (the full run's peak learning rate, label smoothing and average of the weights; ``fit``'s
+    clipping; a GradScaler with fp16). The optimizer's step pre-hook marks where the update begins:
+    everything before it (forward, loss, backward, clipping) is forward + backward, the rest the optimizer.
+
     On CUDA every part ends with a synchronisation, so each is charged its own GPU time; that costs a
     little speed, which is why ``fit``'s own epochs (no synchronisation) are the figures to quote.
     """
     device = pick_device(device)
     dtype = amp_dtype(device, amp)
+    full_run = FULL_RUNS[arch]
     with torch_threads(threads):
         seed_everything(0)
         model = build_model(arch).to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_loader, _, _ = make_loaders(splits, batch_size, augment=augment, device=device, num_workers=num_workers)
-        config = replace(FULL_RUNS[arch].at_batch_size(batch_size), epochs=1, amp=amp)
-        optimizer, scheduler = make_optimizer(model, len(train_loader), config)
+        config = replace(full_run.at_batch_size(batch_size), epochs=1, amp=amp)
+        optimizer, scheduler = training.make_optimizer(model, len(train_loader), config)
+        settings = training.StepSettings(dtype, config.clip_norm, config.label_smoothing)
+        scaler, ema = training.make_scaler(device, dtype), training.make_ema(model, config.ema_decay)
         warmup = min(3, len(train_loader) - 1)  # the first steps pay for allocations and kernel choices
         steps = len(train_loader) - warmup if batches is None else min(batches, len(train_loader) - warmup)
         if steps < 1:
             raise DataError(f"{len(train_loader)} batch of {batch_size} images is too few to time: use more images")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        update_started: list[float] = []
+
+        def mark_update(*_) -> None:  # the optimizer's step pre-hook
+            sync()
+            update_started.append(time.perf_counter())
+
+        hook = optimizer.register_step_pre_hook(mark_update)
         parts = [0.0, 0.0, 0.0]
         model.train()
         iterator = iter(train_loader)
-        for step in range(warmup + steps):
-            started = time.perf_counter()
-            x, y = next(iterator)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if not channels_last:
-                x = x.contiguous()
-            sync()
-            loaded = time.perf_counter()
-            with autocast(device, dtype):
-                log_probs = model(x)
-            loss = F.nll_loss(log_probs.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            sync()
-            computed = time.perf_counter()
-            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            sync()
-            finished = time.perf_counter()
-            if step >= warmup:
-                for index, seconds in enumerate((loaded - started, computed - loaded, finished - computed)):
-                    parts[index] += seconds
+        try:
+            for step in range(warmup + steps):
+                started = time.perf_counter()
+                x, y = batch_to(*next(iterator), device)
+                if not channels_last:
+                    x = x.contiguous()
+                sync()
+                loaded = time.perf_counter()
+                update_started.clear()
+                training.train_batch(model, x, y, optimizer, settings, scaler=scaler, scheduler=scheduler, ema=ema)
+                sync()
+                finished = time.perf_counter()
+                # A GradScaler skips the update when fp16 gradients overflowed: that step only computed them.
+                computed = update_started[0] if update_started else finished
+                if step >= warmup:
+                    for index, seconds in enumerate((loaded - started, computed - loaded, finished - computed)):
+                        parts[index] += seconds
+        finally:
+            hook.remove()
         return EpochTiming(
             model=arch, device=str(device), amp=str(dtype).removeprefix("torch.") if dtype else "off",
             pipeline=augment, batch_size=batch_size, workers=getattr(train_loader, "num_workers", 0),
@@ -157,7 +167,7 @@ def time_to_accuracy(
     train_loader, val_loader, _ = make_loaders(splits, batch_size, augment=augment, device=pick_device(device))
     started = time.perf_counter()
     config = replace(FULL_RUNS["cnn"].at_batch_size(batch_size), epochs=epochs, amp=amp)
-    history = fit(model, train_loader, val_loader, config, device=device, progress=False, log=None)
+    history = training.fit(model, train_loader, val_loader, config, device=device, progress=False, log=None)
     total = time.perf_counter() - started
     elapsed, reached = 0.0, None
     for seconds, accuracy in zip(history["seconds"], history["val_accuracy"], strict=True):
@@ -184,8 +194,8 @@ def single_image_latency(
 
     Returns median and 90th-percentile milliseconds of the whole path (``median_ms``, ``p90_ms``)
     and the medians of its two parts (``preprocess_ms``, ``forward_ms``). One thread by default:
-    a single 28x28 image is too little work to share, and on a busy two-core machine a second
-    thread made it several times slower (measured).
+    a single 28x28 image is too little work to share, so more threads mostly add synchronisation
+    (notebook 05's fourth exercise measures both on the learner's machine).
     """
     model = _on_cpu(model)
     prepare = preprocess if prepare is None else prepare

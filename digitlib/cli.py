@@ -3,7 +3,9 @@
 Expected failures (missing data, a bad checkpoint, an unreadable image) print one line on
 stderr and exit with status 2; argparse reports bad flags itself. Ctrl-C exits with 130.
 
-Only the command that runs imports torch and the rest, so ``--help`` answers at once.
+Only the command that runs imports torch and the rest, so ``--help`` answers at once. This module
+holds the parsers (an option that several commands take is defined once, in ``SHARED_OPTIONS``) and
+the handlers; what ``evaluate``, ``bench`` and ``export --compare`` print is formatted in ``reports``.
 """
 
 from __future__ import annotations
@@ -30,14 +32,13 @@ from .config import (
 )
 from .errors import DigitlibError
 
+ARCHITECTURES = tuple(FULL_RUNS)  # cnn, resnet
 AUGMENT_CHOICES = ("device", "albumentations", "none")
-AMP_HELP = "mixed precision with torch.autocast (default: on for CUDA and for CPUs with bf16 hardware, off elsewhere)"
 
 
 def _add_data_command(commands) -> None:
     parser = commands.add_parser("data", help="make MNIST (or Fashion-MNIST) ready in the data folder")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, nargs="+", default=["mnist"],
-                        help="one or more datasets to make ready; fashion is Fashion-MNIST (default: %(default)s)")
+    _add_shared(parser, "dataset", "one or more datasets to make ready: ", many=True)
     parser.add_argument(
         "--source", type=Path, default=None,
         help="folder holding the dataset's four original .gz files to copy (default: ../shared/mnist for MNIST, "
@@ -68,16 +69,11 @@ def _add_train_command(commands) -> None:
         "validation accuracy, report test accuracy, and save a checkpoint. An existing checkpoint is "
         "never replaced unless you pass --force.",
     )
-    per_model_epochs = ", ".join(f"{run.epochs} for {arch}" for arch, run in FULL_RUNS.items())
     per_model_peak = ", ".join(f"{run.max_lr:g} for {arch}" for arch, run in FULL_RUNS.items())
-    parser.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
-                        help="architecture (default: %(default)s)")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
-                        help="what to train on: mnist (digits) or fashion (Fashion-MNIST, its checkpoints under "
-                        "models/fashion/) (default: %(default)s)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help=f"training epochs (default: {per_model_epochs})")
-    parser.add_argument("--batch-size", type=_positive_int, default=128,
+    parser.add_argument("--model", choices=ARCHITECTURES, default="cnn", help="architecture (default: %(default)s)")
+    _add_shared(parser, "dataset", "what to train on: ")
+    _add_shared(parser, "epochs")
+    parser.add_argument("--batch-size", type=_positive_int, default=REFERENCE_BATCH_SIZE,
                         help="training batch size (default: %(default)s)")
     parser.add_argument("--lr", type=_positive_float, default=None,
                         help=f"AdamW's initial learning rate, where the one-cycle schedule starts (default: "
@@ -85,7 +81,7 @@ def _add_train_command(commands) -> None:
     parser.add_argument("--max-lr", type=_positive_float, default=None,
                         help=f"OneCycleLR's peak learning rate (default: {per_model_peak} at batch size "
                         f"{REFERENCE_BATCH_SIZE}, scaled by the square root of --batch-size / {REFERENCE_BATCH_SIZE})")
-    parser.add_argument("--weight-decay", type=_non_negative_float, default=1e-2,
+    parser.add_argument("--weight-decay", type=_non_negative_float, default=TrainConfig.weight_decay,
                         help="AdamW's weight decay (default: %(default)s)")
     parser.add_argument("--label-smoothing", type=_smoothing, default=None,
                         help="label smoothing of the loss, from 0 (none) to below 1 (default: "
@@ -94,24 +90,16 @@ def _add_train_command(commands) -> None:
                         help="decay of an exponential moving average of the weights, which is then what is "
                         f"validated and saved; 0: no average (default: {_per_model('ema_decay')}; none with --limit "
                         "or in smoke mode)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
+    _add_shared(parser, "amp")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed for initialisation, shuffling, augmentation (default: %(default)s)")
     parser.add_argument("--split-seed", type=int, default=0,
                         help="seed of the 80/20 training/validation split; the same for every --seed, so that "
                         "the seeds' models can be compared and ensembled on one validation set (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
-    parser.add_argument("--augment", choices=AUGMENT_CHOICES, default="device",
-                        help="device: whole batches on the training device (fast); albumentations: one image at a "
-                        "time in DataLoader workers; none (default: %(default)s)")
-    parser.add_argument("--workers", type=_non_negative_int, default=None,
-                        help="DataLoader worker processes, with --augment albumentations only (default: 0 on two "
-                        "cores or fewer, else up to 4)")
-    parser.add_argument(
-        "--limit", type=_positive_int, default=None,
-        help="use only this many of the 60,000 training images and 1,000 test images (quick runs; "
-        "DIGITLIB_SMOKE=1 implies 2,000)",
-    )
+    _add_shared(parser, "device")
+    _add_shared(parser, "augment", "how to augment the training images: ")
+    _add_shared(parser, "workers")
+    _add_shared(parser, "train-limit")
     parser.add_argument("--out", type=Path, default=None,
                         help="checkpoint path: a new or regular file (default: models/<model>.pt, or "
                         "models/quick/<model>.pt with --limit or fewer --epochs than the full run; "
@@ -305,18 +293,13 @@ def _add_models_command(commands) -> None:
         "command can be run again until it completes. Runs with --limit, or fewer --epochs than the full runs, go to "
         "models/quick/ instead, and a checkpoint is skipped only if it was trained with the settings asked for.",
     )
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default="mnist",
-                        help="what to train on: mnist or fashion (Fashion-MNIST) (default: %(default)s)")
-    parser.add_argument("--models", choices=("cnn", "resnet"), nargs="+", default=["cnn", "resnet"],
+    _add_shared(parser, "dataset", "what to train on: ")
+    parser.add_argument("--models", choices=ARCHITECTURES, nargs="+", default=list(ARCHITECTURES),
                         help="architectures (default: %(default)s)")
     parser.add_argument("--seeds", type=_positive_int, default=1, help="seeds per architecture (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
-    parser.add_argument("--epochs", type=_positive_int, default=None,
-                        help="override the full runs' epochs (quick trials, under models/quick/ when fewer; default: "
-                        "the full runs')")
-    parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="train on this many of the 60,000 images (quick trials, under models/quick/; "
-                        "default: all)")
+    _add_shared(parser, "device")
+    _add_shared(parser, "epochs")
+    _add_shared(parser, "train-limit")
     parser.add_argument("--record", metavar="RECIPE", default=None,
                         help="write each run's settings and results to build/results/RECIPE-<model>-seed<N>.json")
     parser.set_defaults(handler=_models)
@@ -396,20 +379,19 @@ def _model_set_state(out: Path, wanted: dict) -> str:
 def _add_bench_command(commands) -> None:
     parser = commands.add_parser(
         "bench", help="measure where training time goes, and the CNN's time to 99.2 %% validation accuracy",
-        description="Time training steps of both models, split into making the batch, forward + backward, "
-        "and the optimiser step; then train DigitCNN and report the training time until its validation "
-        "accuracy (checked after every epoch) first reaches the target.",
+        description="Time the training steps that train takes, for both models, split into making the batch, "
+        "forward + backward (with gradient clipping), and the optimiser's update (with the schedule); then train "
+        "DigitCNN and report the training time until its validation accuracy (checked after every epoch) first "
+        "reaches the target.",
     )
-    parser.add_argument("--device", default="auto", help="cuda, mps, cpu or auto (default: %(default)s)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help=AMP_HELP)
-    parser.add_argument("--models", choices=("cnn", "resnet"), nargs="+", default=["cnn", "resnet"],
+    _add_shared(parser, "device")
+    _add_shared(parser, "amp")
+    parser.add_argument("--models", choices=ARCHITECTURES, nargs="+", default=list(ARCHITECTURES),
                         help="architectures to time (default: %(default)s)")
-    parser.add_argument("--augment", choices=AUGMENT_CHOICES, nargs="+", default=["device"],
-                        help="input pipelines to time (default: %(default)s)")
+    _add_shared(parser, "augment", "one or more input pipelines to time: ", many=True)
     parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[128],
                         help="batch sizes to time (default: %(default)s)")
-    parser.add_argument("--workers", type=_non_negative_int, nargs="+", default=[None],
-                        help="DataLoader workers to time with --augment albumentations (default: the training default)")
+    _add_shared(parser, "workers", "one or more counts to time: ", many=True)
     parser.add_argument("--threads", type=_positive_int, nargs="+", default=[None],
                         help="PyTorch thread counts to time (default: PyTorch's own choice)")
     parser.add_argument("--batches", type=_positive_int, default=None,
@@ -422,13 +404,11 @@ def _add_bench_command(commands) -> None:
 
 
 def _bench(args) -> int:
-    from . import bench, data, runtime
+    from . import bench, data, reports, runtime
 
     splits = data.load_splits(train_limit=2000 if smoke_test() else None, test_limit=1000 if smoke_test() else None)
     print(f"CPU threading: {runtime.thread_settings()}")
-    columns = ("model", "device", "amp", "augment", "batch", "workers", "threads", "data s", "fwd+bwd s", "optim s",
-               "images/s", "s/epoch")
-    print("  ".join(f"{c:>9}" for c in columns))
+    print(reports.bench_header())
     for arch, augment, batch_size, workers, threads in itertools.product(
         args.models, args.augment, args.batch_sizes, args.workers, args.threads
     ):
@@ -436,20 +416,10 @@ def _bench(args) -> int:
             continue  # workers only exist on the per-sample path
         row = bench.epoch_breakdown(arch, splits, batch_size, augment, args.batches, args.device, args.amp, threads,
                                     workers)
-        cells = (row.model, row.device, row.amp, row.pipeline, row.batch_size, row.workers, row.threads,
-                 f"{row.data_s:.2f}", f"{row.forward_backward_s:.2f}", f"{row.optimizer_s:.2f}",
-                 f"{row.images_per_s:.0f}", f"{row.epoch_s:.1f}")
-        print("  ".join(f"{c:>9}" for c in cells), flush=True)
+        print(reports.bench_row(row), flush=True)
     if args.target_epochs:
         result = bench.time_to_accuracy(splits, args.target, args.target_epochs, device=args.device, amp=args.amp)
-        per_epoch = "  ".join(f"{a:.2%}" for a in result.val_accuracy_per_epoch)
-        print(f"cnn validation accuracy after each epoch: {per_epoch}")
-        if result.seconds_to_target is None:
-            print(f"cnn did not reach {args.target:.1%} in {args.target_epochs} epochs ({result.total_s:.0f}s)")
-        else:
-            epochs = ", ".join(f"{s:.1f}" for s in result.seconds_per_epoch)
-            print(f"cnn reached {args.target:.1%} validation accuracy after {result.seconds_to_target:.1f}s of "
-                  f"training (epochs of {epochs}s, validation included)")
+        print(reports.time_to_accuracy_report(result))
     return 0
 
 
@@ -519,22 +489,20 @@ def _add_evaluate_command(commands) -> None:
     parser.add_argument("--model", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                         help="one or more checkpoints (default: the best one in models/, or models/smoke/ in "
                         "smoke mode; in models/fashion/ with --dataset fashion)")
-    parser.add_argument("--dataset", choices=DATASET_NAMES, default=None,
-                        help="test set: mnist or fashion (Fashion-MNIST); a checkpoint trained on another one is "
-                        "refused (default: the dataset the checkpoint records)")
-    parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="use only the first N test images (default: all 10,000; 1,000 in smoke mode)")
+    _add_shared(parser, "dataset", default=None,
+                help="test set: mnist (digits) or fashion (Fashion-MNIST); a checkpoint trained on another one is "
+                "refused (default: the dataset the checkpoint records)")
+    _add_shared(parser, "test-limit")
     parser.add_argument("--top", type=_positive_int, default=5,
                         help="most-confused pairs to list (default: %(default)s)")
     parser.add_argument("--repeats", type=_non_negative_int, default=None,
                         help="timed runs for the one-image latency; 0 skips timing (default: 200; 20 in smoke mode)")
-    parser.add_argument("--device", default="auto",
-                        help="device for the test-set pass: cuda, mps, cpu or auto (default: %(default)s)")
+    _add_shared(parser, "device", "device for the test-set pass: ")
     parser.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args) -> int:
-    from . import data, evaluation
+    from . import data, evaluation, reports
     from .checkpoints import normalization
     from .export import load_model
     from .training import pick_device
@@ -553,11 +521,13 @@ def _evaluate(args) -> int:
         members.append((path, model, info, (mean, std), evaluation.predict_proba(model, loader, device)[0]))
     if len(members) == 1:
         path, model, info, (mean, std), probabilities = members[0]
-        _print_model_report(path, model, info, evaluation.classification_metrics(probabilities, labels),
-                            probabilities, labels, args.top, dataset)
-        _print_timings(model, images, mean, std, args.repeats, dataset)
+        print(reports.model_report(path, model, info, evaluation.classification_metrics(probabilities, labels),
+                                   probabilities, labels, args.top, dataset))
+        repeats = (20 if smoke_test() else 200) if args.repeats is None else args.repeats
+        if repeats:
+            reports.print_timings(model, images, mean, std, repeats, dataset)
     else:
-        _print_ensemble_report(members, labels, args.top, dataset)
+        print(reports.ensemble_report(members, labels, args.top, dataset))
     return 0
 
 
@@ -578,99 +548,6 @@ def _checkpoints_dataset(loaded: list, requested: str | None) -> str:
         require_dataset(info, path, dataset, f"evaluate checkpoints of one dataset at a time ({first} was trained "
                         f"on {data.dataset_info(dataset).title})")
     return dataset
-
-
-def _print_model_report(path, model, info, metrics, probabilities, labels, top: int, dataset: str) -> None:
-    from . import evaluation
-    from .models import count_parameters
-
-    matrix = evaluation.confusion_matrix(labels, probabilities.argmax(dim=1))
-    # An ONNX file has no PyTorch parameters: its export recorded how many the network had.
-    exported = info.get("export")
-    count = count_parameters(model) or (exported.get("parameters") if isinstance(exported, dict) else None)
-    print(f"{path}: {info['arch']}, {f'{count:,} parameters' if count else 'parameter count not recorded'}, "
-          f"{info.get('epochs_completed', '?')} epochs (best {info.get('best_epoch', '?')})")
-    _print_metrics(metrics, evaluation.most_confused(matrix, top), dataset)
-
-
-def _print_metrics(metrics: dict, confused: list, dataset: str) -> None:
-    """The numbers of one model or ensemble, classes named as ``dataset`` names them."""
-    from . import data
-
-    classes = data.class_names(dataset)
-    # MNIST, the default, goes unsaid (as in train's first line); any other dataset is named.
-    print(f"test images  {metrics['n']:,}" + ("" if dataset == "mnist" else f" ({data.dataset_info(dataset).title})"))
-    print(f"accuracy     {metrics['accuracy']:.2%}  ({metrics['correct']:,} correct)")
-    print(f"loss         {metrics['loss']:.4f}")
-    print("per-class accuracy")
-    width = max(len(name) for name in classes)
-    if width < 8:  # digits: two rows of columns
-        print("  digit " + "".join(f"{name:>8}" for name in classes))
-        print("  acc   " + "".join(f"{accuracy:>8.2%}" for accuracy in metrics["per_class_accuracy"]))
-    else:  # names like "T-shirt/top": one line each
-        for name, accuracy in zip(classes, metrics["per_class_accuracy"], strict=True):
-            print(f"  {name:<{width}}  {accuracy:>7.2%}")
-    print("most-confused pairs (true -> predicted: count)")
-    for true, predicted, count in confused:
-        print(f"  {classes[true]} -> {classes[predicted]}: {count}")
-    if not confused:
-        print("  none: every image is right")
-
-
-def _print_timings(model, images, mean: float, std: float, repeats: int | None, dataset: str = "mnist") -> None:
-    import torch
-
-    from . import bench, data, evaluation
-
-    repeats = 20 if repeats is None and smoke_test() else 200 if repeats is None else repeats
-    if not repeats:
-        return
-    model = model.cpu()
-    if dataset == "mnist":  # what the pad and `predict` do: a large drawing, cropped, scaled and centred
-        drawing = evaluation.as_drawing(images[0])
-        latency = bench.single_image_latency(model, drawing, mean, std, repeats=repeats)
-        what, steps = f"{drawing.width}x{drawing.height} drawing", "preprocessing"
-    else:  # the digit preprocessing does not suit other pictures: one 28x28 test image, normalised
-        latency = bench.single_image_latency(model, images[:1], mean, std, repeats=repeats, prepare=data.normalize)
-        what, steps = f"28x28 {data.dataset_info(dataset).title} test image", "normalising"
-    print(f"latency      {latency['median_ms']:.2f} ms median, {latency['p90_ms']:.2f} ms 90th percentile for one "
-          f"{what}: {steps} {latency['preprocess_ms']:.2f} ms + forward "
-          f"{latency['forward_ms']:.2f} ms (CPU, {_count(latency['threads'], 'thread')}, {repeats} runs)")
-    batches = data.normalize(images, mean, std)
-    throughput = bench.batch_throughput(model, batches, batch_size=min(1000, len(batches)))
-    print(f"throughput   {throughput['images_per_s']:,.0f} images/s (CPU forward pass, batches of "
-          f"{throughput['batch_size']:,}, {_count(torch.get_num_threads(), 'thread')})")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
-
-
-def _print_ensemble_report(members: list, labels, top: int, dataset: str) -> None:
-    from . import data, evaluation
-
-    classes = data.class_names(dataset)
-    width = max([len(str(path)) for path, *_ in members] + [len("ensemble: mean of probabilities")])
-    print(f"{'member':<{width}}  {'model':<7}{'accuracy':>9}{'errors':>8}{'loss':>9}")
-    for path, _, info, _, probabilities in members:
-        metrics = evaluation.classification_metrics(probabilities, labels)
-        errors = metrics["n"] - metrics["correct"]
-        print(f"{str(path):<{width}}  {info['arch']:<7}{metrics['accuracy']:>9.2%}{errors:>8,}{metrics['loss']:>9.4f}")
-    average = evaluation.average_probabilities(*(member[-1] for member in members))
-    votes = evaluation.majority_vote(*(member[-1] for member in members))
-    vote_correct = int((votes == labels).sum())
-    metrics = evaluation.classification_metrics(average, labels)
-    print(f"{'ensemble: mean of probabilities':<{width}}  {'':<7}{metrics['accuracy']:>9.2%}"
-          f"{metrics['n'] - metrics['correct']:>8,}{metrics['loss']:>9.4f}")
-    print(f"{'ensemble: majority vote':<{width}}  {'':<7}{vote_correct / len(labels):>9.2%}"
-          f"{len(labels) - vote_correct:>8,}")
-    print(f"\nthe mean of probabilities, on {metrics['n']:,} test images:")
-    matrix = evaluation.confusion_matrix(labels, average.argmax(dim=1))
-    _print_metrics(metrics, evaluation.most_confused(matrix, top), dataset)
-    mistakes = evaluation.misclassified(average, labels)
-    print(f"test images it still gets wrong ({len(mistakes)}): index, true label -> prediction (probability)")
-    for row in mistakes.itertuples():
-        print(f"  {row.index:>5}  {classes[row.true]} -> {classes[row.predicted]} ({row.probability:.0%})")
 
 
 def _add_predict_command(commands) -> None:
@@ -771,8 +648,7 @@ def _add_export_command(commands) -> None:
     parser.add_argument("--compare", action="store_true",
                         help="write nothing; print size, test accuracy, one-thread latency and throughput of fp32 and "
                         "int8 in PyTorch and ONNX Runtime (docs/results.md's table; minutes for the full test set)")
-    parser.add_argument("--limit", type=_positive_int, default=None,
-                        help="with --compare, use the first N test images (default: all 10,000; 1,000 in smoke mode)")
+    _add_shared(parser, "test-limit", "with --compare, ")
     parser.set_defaults(handler=_export)
 
 
@@ -794,20 +670,13 @@ def _export(args) -> int:
 def _compare_exports(args) -> int:
     import tempfile
 
+    from . import reports
     from .export import compare_variants
 
     limit = args.limit or (1000 if smoke_test() else None)
     with tempfile.TemporaryDirectory() as folder:
         rows = compare_variants(args.model, folder, limit, args.calibration, repeats=20 if smoke_test() else 200)
-    print(f"{'model':<7}{'variant':<19}{'size MB':>8}{'accuracy':>10}{'same as fp32':>13}{'latency ms':>11}"
-          f"{'speed-up':>9}{'forward ms':>11}{'speed-up':>9}{'images/s':>10}")
-    for row in rows:
-        print(f"{row.model:<7}{row.variant:<19}{row.size_mb:>8.1f}{row.accuracy:>10.2%}{row.agreement:>13.2%}"
-              f"{row.latency_ms:>11.2f}{rows[0].latency_ms / row.latency_ms:>8.2f}x{row.forward_ms:>11.2f}"
-              f"{rows[0].forward_ms / row.forward_ms:>8.2f}x{row.images_per_s:>10,.0f}")
-    print(f"{rows[0].model}: {limit or 'all'} test images; latency = preprocessing a 280x280 drawing + forward, "
-          "one thread, median of the best of 3 rounds (forward: that round's forward pass alone); "
-          "images/s = batches of 1,000, one thread, best round")
+    print(reports.export_comparison(rows, limit))
     return 0
 
 
@@ -833,6 +702,46 @@ _fraction = _number(float, 0.0, True, "a fraction between 0 and 1, like 0.992", 
 _smoothing = _number(float, 0.0, False, "a number from 0 to below 1, like 0.1", maximum=0.99)
 _ema_decay = _number(float, 0.0, False, "0 (no average) or a decay below 1, like 0.999", maximum=0.999999)
 _top_k = _number(int, 0, True, "a whole number from 1 to 10 (there are 10 digits)", maximum=10)
+
+
+#: The options several commands take, each defined once: {name: (flag, add_argument's keywords)}.
+SHARED_OPTIONS: dict[str, tuple[str, dict]] = {
+    "device": ("--device", {"default": "auto", "help": "cuda, mps, cpu or auto (default: %(default)s)"}),
+    "amp": ("--amp", {"action": argparse.BooleanOptionalAction, "default": None,
+                      "help": "mixed precision with torch.autocast (default: on for CUDA and for CPUs with bf16 "
+                      "hardware, off elsewhere)"}),
+    "dataset": ("--dataset", {"choices": DATASET_NAMES, "default": "mnist",
+                              "help": "mnist (digits) or fashion (Fashion-MNIST) (default: %(default)s)"}),
+    "augment": ("--augment", {"choices": AUGMENT_CHOICES, "default": "device",
+                              "help": "device: whole batches on the training device (fast); albumentations: one "
+                              "image at a time in DataLoader workers; none (default: %(default)s)"}),
+    "workers": ("--workers", {"type": _non_negative_int, "default": None,
+                              "help": "DataLoader worker processes, with --augment albumentations only (default: 0 "
+                              "on two cores or fewer, else up to 4)"}),
+    "epochs": ("--epochs", {"type": _positive_int, "default": None,
+                            "help": "training epochs (default: " + ", ".join(
+                                f"{run.epochs} for {arch}" for arch, run in FULL_RUNS.items()) + ")"}),
+    "train-limit": ("--limit", {"type": _positive_int, "default": None,
+                                "help": "use only this many of the 60,000 training images and 1,000 test images "
+                                "(quick runs, saved under models/quick/; DIGITLIB_SMOKE=1 implies 2,000)"}),
+    "test-limit": ("--limit", {"type": _positive_int, "default": None,
+                               "help": "use only the first N test images (default: all 10,000; 1,000 in smoke "
+                               "mode)"}),
+}
+
+
+def _add_shared(parser: argparse.ArgumentParser, name: str, purpose: str = "", many: bool = False,
+                **changes) -> None:
+    """Add the shared option ``name`` (:data:`SHARED_OPTIONS`) to ``parser``.
+
+    ``purpose`` starts its help with what it is for in this command; ``many`` takes one or more values
+    (the default becomes a list of one: bench sweeps them); ``changes`` replace add_argument's keywords.
+    """
+    flag, spec = SHARED_OPTIONS[name]
+    spec = {**spec, "help": purpose + spec["help"]}
+    if many:
+        spec.update(nargs="+", default=[spec["default"]])
+    parser.add_argument(flag, **{**spec, **changes})
 
 
 def _warn(message: str) -> None:

@@ -40,6 +40,11 @@ def scaled_max_lr(max_lr: float, batch_size: int, reference: int = REFERENCE_BAT
     return max_lr * math.sqrt(batch_size / reference)
 
 
+#: The longest a training step's gradient may be (its L2 norm over all the weights): a longer one is scaled
+#: down to it, so that one unlucky batch cannot throw the weights far off.
+CLIP_NORM = 1.0
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How ``training.fit`` trains a model: AdamW with a one-cycle schedule, and what goes with it.
@@ -55,7 +60,7 @@ class TrainConfig:
     lr: float = START_LR  # where the one-cycle schedule starts (and the learning rate it ends far below)
     batch_size: int = REFERENCE_BATCH_SIZE
     weight_decay: float = 1e-2  # AdamW's
-    clip_norm: float | None = 1.0  # a step's gradient is scaled down to this length; None: no clipping
+    clip_norm: float | None = CLIP_NORM  # None: no clipping
     label_smoothing: float = 0.0  # of the training loss's targets; 0: none
     ema_decay: float | None = None  # of the weights' exponential moving average (validated and saved); None: none
     amp: bool | None = None  # mixed precision; None: where the device computes it fast (runtime.amp_dtype)

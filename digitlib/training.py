@@ -1,5 +1,6 @@
 """One training loop for notebooks and CLI: AdamW + OneCycleLR, NLL loss, clipping, optional AMP,
-optional label smoothing and an exponential moving average (EMA) of the weights.
+optional label smoothing and an exponential moving average (EMA) of the weights. ``train_batch`` is
+its one step, which ``fit`` takes for every batch and ``bench`` times.
 
 ``fit`` returns a history (per-epoch lists) and keeps the model with the best validation
 accuracy; with ``checkpoint=`` it saves that model after every epoch, plus the state needed to
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, NotRequired, TypedDict, cast
 
 import torch
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import runstate
 from .checkpoints import HISTORY_KEYS
-from .config import TrainConfig, run_config
+from .config import CLIP_NORM, TrainConfig, run_config
 from .errors import TrainingError
 from .runtime import amp_dtype, autocast, batch_to, model_device, pick_device, seed_everything
 
@@ -46,6 +47,60 @@ def empty_history() -> History:
     return History(epoch=[], train_loss=[], train_accuracy=[], val_loss=[], val_accuracy=[], lr=[], seconds=[])
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How :func:`train_batch` trains every batch of a run."""
+
+    dtype: torch.dtype | None = None  # autocast's precision (runtime.amp_dtype); None: fp32 throughout
+    clip_norm: float | None = CLIP_NORM  # None: no clipping
+    label_smoothing: float = 0.0  # of the loss's targets; 0: plain NLL
+
+
+def train_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    settings: StepSettings,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ema: AveragedModel | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on the batch ``(x, y)``, already on the device of ``model`` (in train mode):
+    (the batch's mean loss, detached, and its log-probabilities), both left on the device, so that a
+    loop needs no host sync per batch.
+
+    The loss is cross-entropy with the settings' label smoothing on the model's log-probabilities. With
+    fp16, ``scaler`` (:func:`make_scaler`) scales the loss so that small gradients survive, and skips the
+    update of a step whose gradients overflowed. After the optimizer's step come ``scheduler``'s and
+    ``ema``'s (:func:`make_ema`), if given. ``fit`` trains with this function and ``bench.epoch_breakdown``
+    times it, so what is timed is what trains.
+    """
+    with autocast(x.device, settings.dtype):
+        log_probs = model(x)
+    # cross_entropy takes logits: log-probabilities are logits whose log-sum-exp is already 0.
+    loss = F.cross_entropy(log_probs.float(), y, label_smoothing=settings.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if settings.clip_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), settings.clip_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if ema is not None:
+        ema.update_parameters(model)
+    return loss.detach(), log_probs
+
+
 def train_step(
     model: nn.Module,
     loader,
@@ -54,18 +109,20 @@ def train_step(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
-    clip_norm: float | None = 1.0,
+    clip_norm: float | None = CLIP_NORM,
     progress: bool = False,
     *,
     label_smoothing: float = 0.0,
     ema: AveragedModel | None = None,
 ) -> tuple[float, float]:
-    """One epoch of training: (mean loss, accuracy) over the samples seen.
+    """One epoch of training, :func:`train_batch` after :func:`train_batch`: (mean loss, accuracy) over
+    the samples seen.
 
     The loss is cross-entropy with ``label_smoothing`` (0: plain NLL) on the model's log-probabilities;
     ``ema``, if given, is updated from the model after every optimizer step.
     """
     device = torch.device(device)
+    settings = StepSettings(dtype, clip_norm, label_smoothing)
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -76,29 +133,9 @@ def train_step(
     batches = iter(loader)
     for x, y in tqdm(batches, total=len(loader), desc="train", leave=False, disable=not progress):
         x, y = batch_to(x, y, device)
-        with autocast(device, dtype):
-            log_probs = model(x)
-        # cross_entropy takes logits: log-probabilities are logits whose log-sum-exp is already 0.
-        loss = F.cross_entropy(log_probs.float(), y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        else:
-            loss.backward()
-        if clip_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        loss, log_probs = train_batch(model, x, y, optimizer, settings, scaler=scaler, scheduler=scheduler, ema=ema)
         # Accumulate on the device: no host sync per batch.
-        total_loss += loss.detach() * len(y)
+        total_loss += loss * len(y)
         correct += (log_probs.argmax(1) == y).sum()
         seen += len(y)
     return total_loss.item() / seen, correct.item() / seen
@@ -146,6 +183,18 @@ def make_optimizer(model: nn.Module, steps_per_epoch: int, config: TrainConfig):
         div_factor=config.max_lr / config.lr,
     )
     return optimizer, scheduler
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """The GradScaler that training in ``dtype`` on ``device`` needs: one for fp16, whose small range
+    flushes small gradients to zero unless the loss is scaled up; None for bf16 (fp32's range) and fp32."""
+    return torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+
+
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics, updated with weight
+    ``1 - decay`` after every step (:func:`train_batch`); None for ``decay`` None or 0: no average."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
 
 def learning_rates(config: TrainConfig, steps_per_epoch: int) -> list[float]:
@@ -234,10 +283,7 @@ def _start(model: nn.Module, steps_per_epoch: int, config: TrainConfig, device: 
     """A fresh run of ``model``: its optimizer and schedule, a gradient scaler for fp16 (bf16 needs
     none), and the average of the weights if ``config`` keeps one."""
     optimizer, scheduler = make_optimizer(model, steps_per_epoch, config)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    ema = None
-    if config.ema_decay:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    scaler, ema = make_scaler(device, dtype), make_ema(model, config.ema_decay)
     precision = str(dtype).removeprefix("torch.") if dtype else "off"
     settings = {**asdict(config), "device": str(device), "precision": precision}
     return runstate.Run(model, optimizer, scheduler, scaler, ema, settings)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import pytest
 import torch
 
-from digitlib import bench, evaluation
+import digitlib as dl
+from digitlib import bench, config, evaluation, training
 from digitlib.checkpoints import load_checkpoint, normalization
 
 
@@ -24,6 +28,32 @@ def test_epoch_breakdown_times_each_part(small_splits, augment):
     assert timing.data_s > 0 and timing.forward_backward_s > 0 and timing.optimizer_s > 0
     assert timing.total_s == pytest.approx(timing.data_s + timing.forward_backward_s + timing.optimizer_s)
     assert timing.epoch_s == pytest.approx(len(small_splits.train_labels) / timing.images_per_s)
+
+
+def test_epoch_breakdown_times_the_step_fit_takes(small_splits, monkeypatch):
+    """bench and fit share ``training.train_batch``: swapped for a recording copy, both call it, with the
+    settings ``train`` uses for the architecture (its full run's, and fit's clipping)."""
+    calls = []
+
+    def recorded(model, x, y, optimizer, settings, **state):
+        calls.append((settings, state))
+        return real(model, x, y, optimizer, settings, **state)
+
+    real = training.train_batch
+    monkeypatch.setattr(training, "train_batch", recorded)
+    smoothed = dataclasses.replace(config.FULL_RUNS["cnn"], label_smoothing=0.1, ema_decay=0.9)
+    monkeypatch.setitem(config.FULL_RUNS, "cnn", smoothed)
+    timing = bench.epoch_breakdown("cnn", small_splits, batch_size=32, augment="none", batches=2, device="cpu",
+                                   amp=False, threads=1)
+    assert len(calls) == 3 + timing.batches  # the warm-up steps, then the timed ones
+    settings, state = calls[0]
+    assert settings == training.StepSettings(None, training.CLIP_NORM, 0.1)
+    assert state["scheduler"] is not None and state["ema"] is not None and state["scaler"] is None
+    calls.clear()
+    batches = list(itertools.islice(dl.loaders.make_loaders(small_splits, 32, augment="none")[0], 2))
+    model = dl.models.build_model("cnn")
+    training.train_step(model, batches, training.make_optimizer(model, 2, config.run_config("cnn"))[0])
+    assert len(calls) == 2 and calls[0][0] == training.StepSettings()
 
 
 def test_time_to_accuracy_reports_each_epoch(small_splits):

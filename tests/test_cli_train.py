@@ -36,7 +36,21 @@ def test_help_explains_every_flag(capsys, command, flags):
     assert status == 0
     for flag in flags:
         assert re.search(rf"(^|[\s,/]){flag}\b", out), f"{flag} missing from `{command} --help`"
-    assert "(default: 6 for cnn, 10 for resnet)" in out or command == "bench"
+    epochs = ", ".join(f"{run.epochs} for {arch}" for arch, run in dl.config.FULL_RUNS.items())
+    assert f"(default: {epochs})" in out or command == "bench"
+
+
+@pytest.mark.parametrize(("name", "commands"), [
+    ("device", ["train", "models", "bench", "evaluate"]), ("amp", ["train", "bench"]),
+    ("augment", ["train", "bench"]), ("workers", ["train", "bench"]), ("epochs", ["train", "models"]),
+])
+def test_a_shared_option_says_the_same_in_every_command(capsys, name, commands):
+    flag, spec = dl.cli.SHARED_OPTIONS[name]
+    said = " ".join(spec["help"].replace("%(default)s", str(spec["default"])).split())
+    for command in commands:
+        status, out, _ = run([command, "--help"], capsys)
+        assert status == 0 and flag in out
+        assert said.removesuffix(")").rsplit("(default: ", 1)[0] in " ".join(out.split()), (command, flag)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -142,7 +156,8 @@ def test_bench_prints_a_row_per_model_and_pipeline(capsys, monkeypatch):
         assert (device, batch, threads) == (str(dl.runtime.pick_device()), "16", "1")
         if device == "cpu":  # AMP is on by default only on CPUs with bf16 hardware
             assert amp == ("bfloat16" if dl.runtime.cpu_has_bf16() else "off")
-        assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) > 0
+        # Three small steps' optimizer updates (clipping is timed with the backward pass) can round to 0.00 s.
+        assert float(compute_s) > 0 and float(data_s) >= 0 and float(optim_s) >= 0
         assert float(images_per_s) > 0 and float(epoch_s) > 0
 
 

@@ -217,6 +217,7 @@ TAUGHT_IN = {
     "dl.models.DigitCNN": 3,
     "dl.models.count_parameters": 3,       # after counting a convolution's parameters by hand
     "dl.training.train_step": 3,           # checked step for step against the loop of notebook 02
+    "dl.training.train_batch": 3,          # train_step's one batch, shown beside it
     "dl.training.test_step": 3,
     "dl.training.fit": 3,
     "dl.training.History": 3,
