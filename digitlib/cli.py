@@ -434,9 +434,10 @@ def _add_results_command(commands) -> None:
     parser.add_argument("--dir", type=Path, default=None,
                         help="folder of records (default: $DIGITLIB_RESULTS or build/results)")
     parser.add_argument("--recipes", nargs="+", default=None, help="rows to print, in order (default: all)")
-    parser.add_argument("--ensemble", metavar="RECIPE", default=None,
-                        help="first record the seed ensemble of RECIPE's runs: all of them, mean of probabilities, "
-                        "fp32 on the test set")
+    parser.add_argument("--ensemble", metavar="RECIPE", nargs="+", default=None,
+                        help="first record the ensemble of the runs of one or more recipes: all of them with equal "
+                        "weights, and, when they held out the same validation images, the members and weights "
+                        "chosen on validation (greedy, by accuracy); fp32, validation and test accuracy")
     parser.add_argument("--shifts", metavar="RECIPE", default=None,
                         help="first record RECIPE's runs measured again with test-time averaging over each image and "
                         "its four 1-pixel shifts, as the recipe 'RECIPE + shifts'")
@@ -444,6 +445,18 @@ def _add_results_command(commands) -> None:
                         help="write the table into this file, between its results-table markers, instead of "
                         "printing it")
     parser.set_defaults(handler=_results)
+
+
+def _ensembles(runs: list[dict]) -> list[dict]:
+    """The equal-weight ensemble of ``runs``, and the one chosen on validation where they share it."""
+    from . import results
+
+    made = [results.ensemble_record(runs)]
+    try:
+        made.append(results.chosen_ensemble_record(runs))
+    except ValueError as error:
+        print(f"no ensemble chosen on validation: {error}", file=sys.stderr)
+    return made
 
 
 def _results(args) -> int:
@@ -455,13 +468,14 @@ def _results(args) -> int:
         raise DigitlibError(str(error)) from None
     if not records:
         raise DigitlibError(f"no run records in {args.dir or results.results_dir()}: train with --record RECIPE first")
-    for recipe, derive in ((args.ensemble, lambda runs: [results.ensemble_record(runs)]),
-                           (args.shifts, lambda runs: [results.shifted_record(run) for run in runs])):
-        if recipe is None:
+    for recipes, derive in ((args.ensemble, _ensembles), (args.shifts and [args.shifts],
+                            lambda runs: [results.shifted_record(run) for run in runs])):
+        if recipes is None:
             continue
-        runs = [record for record in records if record["recipe"] == recipe]
-        if not runs:
-            raise DigitlibError(f"no runs of recipe {recipe!r} in {args.dir or results.results_dir()}")
+        runs = [record for record in records if record["recipe"] in recipes]
+        missing = set(recipes) - {record["recipe"] for record in runs}
+        if missing:
+            raise DigitlibError(f"no runs of recipe {sorted(missing)[0]!r} in {args.dir or results.results_dir()}")
         for record in derive(runs):
             print(f"recorded {results.write_record(record, args.dir)}", file=sys.stderr)
         records = results.load_records(args.dir)

@@ -87,34 +87,110 @@ def make_record(path: str | os.PathLike, recipe: str, command: Sequence[str]) ->
 
 
 def ensemble_record(records: Sequence[dict]) -> dict:
-    """The seed ensemble of the runs ``records`` (one recipe): the mean of their checkpoints' fp32 test
-    probabilities. Every run is a member, with equal weight, so nothing is chosen on the test set. It has
-    no validation accuracy: each seed holds out a different 12,000 images, which other seeds trained on.
+    """The ensemble of the runs ``records`` (of one recipe or several): every run a member, with equal
+    weight, the mean of their checkpoints' fp32 probabilities. Nothing is chosen, so nothing is chosen on
+    the test set. Its validation accuracy is measured when every member held out the same images
+    (:func:`shared_validation`); runs split with their own seeds have none.
+    """
+    return _ensemble(records, [1] * len(records), " ensemble", "+".join(_member(run, records) for run in records))
+
+
+def chosen_ensemble_record(records: Sequence[dict]) -> dict:
+    """The ensemble whose members and weights are chosen on validation, from the runs ``records``: greedy
+    forward selection with replacement (Caruana et al., 2004). Starting from nothing, add the run whose
+    addition most raises the ensemble's validation accuracy (ties: the lower log loss), as long as it raises it;
+    a run added k times has weight k. The test accuracy is measured once, after the choice.
+
+    Raises ValueError unless every run held out the same validation images.
     """
     import torch
 
-    from .checkpoints import load_checkpoint, normalization
-    from .data import load_dataset
-    from .evaluation import average_probabilities, make_test_loader, predict_proba
+    images, labels = shared_validation(records)
+    candidates = [_probabilities(run, images, labels) for run in records]
+    weights = [0] * len(records)
+    best = (-1.0, -math.inf)  # (validation accuracy, minus log loss): higher is better
+    for _ in range(2 * len(records)):  # enough for any member to be counted twice
+        chosen_so_far = sum(w * p for w, p in zip(weights, candidates, strict=True))
+        scores = []
+        for candidate in candidates:
+            mixed = (chosen_so_far + candidate) / (sum(weights) + 1)
+            accuracy = float((mixed.argmax(1) == labels).float().mean())
+            scores.append((accuracy, -float(torch.nn.functional.nll_loss(mixed.clamp_min(1e-12).log(), labels))))
+        choice = max(range(len(scores)), key=scores.__getitem__)
+        if scores[choice][0] <= best[0]:  # a member must raise the accuracy; the log loss only breaks ties
+            break
+        best, weights[choice] = scores[choice], weights[choice] + 1
+    members = [run for run, weight in zip(records, weights, strict=True) if weight]
+    chosen = [weight for weight in weights if weight]
+    seeds = "+".join(f"{_member(run, records)}×{weight}" if weight > 1 else _member(run, records)
+                     for run, weight in zip(members, chosen, strict=True))
+    return _ensemble(members, chosen, " chosen on validation", seeds)
 
-    data = records[0].get("data", {})
+
+def _member(run: dict, runs: Sequence[dict]) -> str:
+    """How an ensemble names the member ``run`` of ``runs``: its seed, or with runs of several recipes
+    its checkpoint's name (``cnn-seed1``), since the seeds repeat."""
+    several = len({other["recipe"] for other in runs}) > 1
+    return Path(run["checkpoint"]).stem if several else str(run["seed"])
+
+
+def shared_validation(records: Sequence[dict]):
+    """(images, labels) of the validation split every run in ``records`` held out: the same dataset, split seed
+    and training limit for all (``train --split-seed``). Raises ValueError when they differ: then each run
+    was chosen on images that other runs trained on, and no validation figure of their ensemble is honest."""
+    from .data import load_splits
+
+    splits = {(data.get("dataset", "mnist"), data.get("split_seed", run["seed"]), data.get("train_limit"))
+              for run in records for data in [run.get("data", {})]}
+    if len(splits) != 1:
+        raise ValueError("these runs held out different validation images (train them with one --split-seed): "
+                         "an ensemble of them can only be measured on the test set")
+    dataset, split_seed, limit = splits.pop()
+    held_out = load_splits(seed=split_seed, train_limit=limit, test_limit=1, dataset=dataset)
+    return held_out.val_images, held_out.val_labels
+
+
+def _test_set(record: dict):
+    from .data import load_dataset
+
+    data = record.get("data", {})
     images, labels = load_dataset(data.get("dataset", "mnist"), train=False)
     if data.get("train_limit"):  # a quick run's test set, as checkpoint_accuracy measured its members on
         images, labels = images[:1000], labels[:1000]
-    probabilities = []
-    for run in records:
-        model, info = load_checkpoint(run["checkpoint"], device="cpu")
-        mean, std = normalization(info, run["checkpoint"])
-        probabilities.append(predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")[0])
-    correct = int((average_probabilities(*probabilities).argmax(1) == labels).sum())
+    return images, labels
+
+
+def _probabilities(run: dict, images, labels):
+    """The fp32 probabilities of ``run``'s saved checkpoint for ``images``, on the CPU."""
+    from .checkpoints import load_checkpoint, normalization
+    from .evaluation import make_test_loader, predict_proba
+
+    model, info = load_checkpoint(run["checkpoint"], device="cpu")
+    mean, std = normalization(info, run["checkpoint"])
+    return predict_proba(model, make_test_loader(images, labels, mean, std), "cpu")[0]
+
+
+def _ensemble(members: Sequence[dict], weights: Sequence[int], suffix: str, seeds: str) -> dict:
+    """The record of the weighted mean of ``members``' probabilities, on validation (if shared) and test."""
+    import torch
+
+    def accuracy(images, labels) -> float:
+        mixed = sum(w * _probabilities(run, images, labels) for w, run in zip(weights, members, strict=True))
+        return int((mixed.argmax(1) == labels).sum()) / len(labels)
+
+    try:
+        val_accuracy: float | None = accuracy(*shared_validation(members))
+    except ValueError:
+        val_accuracy = None
+    recipes = "+".join(dict.fromkeys(run["recipe"] for run in members))
     return {
-        "recipe": f"{records[0]['recipe']} ensemble", "kind": "ensemble",
-        "members": [run["checkpoint"] for run in records],
-        "command": "python -m digitlib evaluate --model " + " ".join(run["checkpoint"] for run in records),
-        "settings": records[0]["settings"], "seed": "+".join(str(run["seed"]) for run in records),
-        "val_accuracy_per_epoch": [], "val_accuracy": None, "test_accuracy": correct / len(labels),
-        "evaluation": "fp32, saved checkpoints, CPU, mean of probabilities",
-        "seconds": sum(run["seconds"] for run in records),
+        "recipe": f"{recipes}{suffix}", "kind": "ensemble",
+        "members": [run["checkpoint"] for run in members], "weights": list(weights),
+        "command": "python -m digitlib evaluate --model " + " ".join(run["checkpoint"] for run in members),
+        "settings": members[0]["settings"], "data": members[0].get("data", {}), "seed": seeds,
+        "val_accuracy_per_epoch": [], "val_accuracy": val_accuracy, "test_accuracy": accuracy(*_test_set(members[0])),
+        "evaluation": "fp32, saved checkpoints, CPU, weighted mean of probabilities",
+        "seconds": sum(run["seconds"] for run in members),
         "machine": machine(), "torch": torch.__version__,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

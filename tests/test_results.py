@@ -9,7 +9,14 @@ import torch
 from helpers import run, train_config
 
 import digitlib as dl
-from digitlib.results import ensemble_record, load_records, make_record, results_table, write_record
+from digitlib.results import (
+    chosen_ensemble_record,
+    ensemble_record,
+    load_records,
+    make_record,
+    results_table,
+    write_record,
+)
 
 
 def record(recipe: str, seed: int, val: float, test: float) -> dict:
@@ -66,21 +73,40 @@ def test_a_record_measures_the_saved_checkpoint_in_fp32(tmp_path):
     train_loader, val_loader, test_loader = dl.loaders.make_loaders(splits, 60, augment="none")
     model = dl.models.build_model("cnn")
     dl.training.fit(model, train_loader, val_loader, train_config(1, train_loader), device="cpu",
-                    checkpoint=tmp_path / "m.pt", metadata={"normalization": {"mean": splits.mean, "std": splits.std},
-                    "seed": 3,
-                              "data": {"dataset": "mnist", "train_limit": 300, "augment": "none"}}, progress=False,
-                                  log=None)
+                    checkpoint=tmp_path / "m.pt", metadata=dl.checkpoints.run_metadata(splits, 3, "none"),
+                    progress=False, log=None)
     made = make_record(tmp_path / "m.pt", "tiny", ["python", "-m", "digitlib", "train"])
     assert made["seed"] == 3 and made["epochs"] == 1 and made["settings"]["epochs"] == 1
     assert made["val_accuracy"] == pytest.approx(dl.training.test_step(model, val_loader)[1], abs=1e-9)
     assert made["test_accuracy"] == pytest.approx(dl.training.test_step(model, test_loader)[1], abs=1e-9)
     assert made["evaluation"].startswith("fp32") and made["command"] == "python -m digitlib train"
     pair = ensemble_record([made, made])  # two equal members: the ensemble is the member
-    assert pair["test_accuracy"] == made["test_accuracy"] and pair["val_accuracy"] is None
+    assert pair["test_accuracy"] == made["test_accuracy"] and pair["val_accuracy"] == made["val_accuracy"]
     assert pair["recipe"] == "tiny ensemble" and pair["seed"] == "3+3"
     write_record(pair, tmp_path / "results")
     assert results_table(load_records(tmp_path / "results")).splitlines()[2].startswith(
-        f"| tiny ensemble | 3+3 | 1 | — | {100 * made['test_accuracy']:.2f} | — | — | — |")
+        f"| tiny ensemble | 3+3 | 1 | {100 * made['val_accuracy']:.2f} | {100 * made['test_accuracy']:.2f} | — |")
+
+    # Beside it a network that answers "0" for every image, sure of it: chosen on validation, the ensemble
+    # keeps only the trained one.
+    untrained = tmp_path / "untrained.pt"
+    always_zero = dl.models.build_model("cnn")
+    with torch.no_grad():
+        last = dl.confidence.final_linear(always_zero)
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([50.0] + [0.0] * 9))
+    dl.checkpoints.save_checkpoint(untrained, always_zero, **dl.checkpoints.run_metadata(splits, 3, "none"))
+    guess = {**made, "recipe": "guess", "seed": 4, "checkpoint": str(untrained)}
+    chosen = chosen_ensemble_record([guess, made])
+    assert chosen["members"] == [made["checkpoint"]] and chosen["weights"] == [1]
+    assert chosen["val_accuracy"] == made["val_accuracy"] and chosen["test_accuracy"] == made["test_accuracy"]
+    assert chosen["recipe"] == "tiny chosen on validation" and chosen["seed"] == "m"  # several recipes: names
+
+    # Runs split with their own seeds share no validation images: no choice, and no validation figure.
+    other_split = {**made, "data": {**made["data"], "split_seed": 5}}
+    with pytest.raises(ValueError, match="held out different validation images"):
+        chosen_ensemble_record([other_split, made])
+    assert ensemble_record([other_split, made])["val_accuracy"] is None
 
 
 def test_shifted_predictions_average_the_moved_images():
