@@ -187,7 +187,7 @@ def fit_box(crop: np.ndarray, box: int = BOX) -> np.ndarray:
     Shrinking uses an area filter (each output pixel averages the input pixels it covers),
     which anti-aliases like MNIST; growing a tiny image uses bilinear interpolation.
     """
-    import cv2  # about 40 ms, only for pictures (and predict needs it for every one)
+    import cv2  # a slow import: only where a picture is resized
 
     height, width = crop.shape
     scale = box / max(height, width)
