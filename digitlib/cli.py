@@ -551,7 +551,8 @@ def _checkpoints_dataset(loaded: list, requested: str | None) -> str:
     Refuses checkpoints of different datasets together, and a --dataset other than theirs.
     """
     from . import data
-    from .checkpoints import checkpoint_dataset, require_dataset
+    from .checkpoint_checks import checkpoint_dataset
+    from .checkpoints import require_dataset
 
     (first, _, first_info), *others = loaded
     if requested is not None:

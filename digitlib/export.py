@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, check_fields
+from .checkpoint_checks import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, check_fields
 from .errors import CheckpointError, DigitlibError
 from .extras import require
 from .models import count_parameters
@@ -170,7 +170,7 @@ def export_onnx(model: nn.Module, info: Mapping, out: str | os.PathLike) -> Path
     """Write ``model`` (fp32, any batch size) to ``out`` as ONNX, with ``info`` in its metadata.
 
     torch 2.14's exporter captures the model with ``torch.export`` and translates it with onnxscript.
-    The metadata is checked first as :func:`load_onnx` will check it (``checkpoints.check_fields``):
+    The metadata is checked first as :func:`load_onnx` will check it (``checkpoint_checks.check_fields``):
     a field it would refuse is never written. The file is written next to ``out`` and renamed over it,
     so an interruption leaves no half file.
     """
@@ -326,17 +326,17 @@ def load_onnx(path: str | os.PathLike) -> tuple[OnnxModel, dict]:
 
     ``info`` is the checkpoint's information as the metadata recorded it (``arch``, ``normalization``,
     ``metrics``, ...), plus ``path``. A missing, unreadable or damaged file, an ONNX model that digitlib
-    did not export, metadata that fails ``checkpoints.check_fields``, an input other than 1x28x28
+    did not export, metadata that fails ``checkpoint_checks.check_fields``, an input other than 1x28x28
     images, or outputs that are not ten log probabilities on a probe image
-    (``checkpoints.check_log_probabilities``) raise :class:`CheckpointError` with one line.
+    (``checkpoint_checks.check_log_probabilities``) raise :class:`CheckpointError` with one line.
     """
-    from .checkpoints import (
+    from .checkpoint_checks import (
         check_log_probabilities,
         check_onnx_signature,
-        normalization,
         refuse_special_file,
         unreadable_file_message,
     )
+    from .checkpoints import normalization
 
     path = Path(path)
     refuse_special_file(path, "ONNX model")

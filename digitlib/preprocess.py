@@ -37,7 +37,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     try:
         file = open(path, "rb")
     except OSError as error:
-        from .checkpoints import unreadable_file_message
+        from .checkpoint_checks import unreadable_file_message
 
         raise ImageError(unreadable_file_message(path, "image", error)) from None
     with file:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .checkpoints import HISTORY_KEYS, check_optimizer_state, check_resume_state, read_checkpoint, save_checkpoint
+from .checkpoint_checks import HISTORY_KEYS, check_optimizer_state, check_resume_state
+from .checkpoints import read_checkpoint, save_checkpoint
 from .errors import CheckpointError
 from .files import check_destination, hold_interrupts
 from .models import architecture_of
@@ -86,7 +87,7 @@ def restore(path: str | os.PathLike | None, run: Run) -> None:
 
     Every failure is one CheckpointError line, found before anything is loaded: no checkpoint, no
     resume state (the run finished), another run (its architecture, settings or metadata differ from
-    ``run``'s), or a damaged state (``checkpoints.check_resume_state``).
+    ``run``'s), or a damaged state (``checkpoint_checks.check_resume_state``).
     """
     if path is None:
         raise CheckpointError("resume=True needs the checkpoint to resume from: pass checkpoint=PATH.")

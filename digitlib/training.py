@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from . import runstate
-from .checkpoints import HISTORY_KEYS
+from .checkpoint_checks import HISTORY_KEYS
 from .config import CLIP_NORM, TrainConfig, run_config
 from .errors import TrainingError
 from .runtime import amp_dtype, autocast, batch_to, model_device, pick_device, seed_everything

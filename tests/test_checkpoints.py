@@ -342,7 +342,7 @@ def test_settings_that_do_not_fit_the_weights_allocate_nothing(tmp_path, monkeyp
         built_on.append(next(model.parameters()).device.type)
         return model
 
-    monkeypatch.setattr(checkpoints, "build_model", spy)
+    monkeypatch.setattr(dl.checkpoint_checks, "build_model", spy)
     with pytest.raises(dl.CheckpointError, match=r"weights do not fit a 'resnet' model \(wrong shape: stem\.0\.weight"):
         load_checkpoint(path)
     assert built_on == ["meta"]
