@@ -173,9 +173,9 @@ class DigitDataset(Dataset):
 def default_workers() -> int:
     """DataLoader workers for augmentation: none on two cores or fewer, else up to four.
 
-    Measured with ``python -m digitlib bench --workers 0 1 2 --threads 1 2`` on two cores:
-    augmenting in the main process (about 10 s an epoch) beats a worker that takes CPU from
-    PyTorch's two training threads (CNN 1,253 vs 1,122 images/s, ResNet 998 vs 915).
+    On two cores a worker process takes CPU from PyTorch's two training threads, and augmenting in
+    the main process trained both models faster; ``python -m digitlib bench --workers 0 1 2 --threads
+    1 2`` measures the choice on any machine.
     """
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(4, cores // 2)

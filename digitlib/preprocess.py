@@ -189,7 +189,7 @@ def fit_box(crop: np.ndarray, box: int = BOX) -> np.ndarray:
     Shrinking uses an area filter (each output pixel averages the input pixels it covers),
     which anti-aliases like MNIST; growing a tiny image uses bilinear interpolation.
     """
-    import cv2  # about 40 ms, only for pictures (and predict needs it for every one)
+    import cv2  # slow to import: only pictures need it (predict does, for every one)
 
     height, width = crop.shape
     scale = box / max(height, width)
