@@ -32,16 +32,18 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _SUBMODULES = (
-    "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain",
-    "export", "extras", "files", "loaders", "models", "pen", "plots", "preprocess", "runstate", "runtime", "training",
+    "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "datafiles", "drawing", "evaluation",
+    "explain", "export", "extras", "files", "inference", "loaders", "models", "pen", "plots", "preprocess", "reports",
+    "results", "runstate", "runtime", "training",
 )
 
 __all__ = [
     "CheckpointError", "DataError", "DigitlibError", "ImageError", "TrainingError", "__version__",
     "data_dir", "figures_dir", "models_dir", "smoke_test",
     # The submodules, written out (not *_SUBMODULES) so that linters and editors can read the list.
-    "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "drawing", "evaluation", "explain",
-    "export", "extras", "files", "loaders", "models", "pen", "plots", "preprocess", "runstate", "runtime", "training",
+    "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "datafiles", "drawing", "evaluation",
+    "explain", "export", "extras", "files", "inference", "loaders", "models", "pen", "plots", "preprocess", "reports",
+    "results", "runstate", "runtime", "training",
 ]
 
 if TYPE_CHECKING:
@@ -52,17 +54,21 @@ if TYPE_CHECKING:
         checkpoints,
         confidence,
         data,
+        datafiles,
         drawing,
         evaluation,
         explain,
         export,
         extras,
         files,
+        inference,
         loaders,
         models,
         pen,
         plots,
         preprocess,
+        reports,
+        results,
         runstate,
         runtime,
         training,

@@ -23,6 +23,7 @@ from typing import IO, cast
 import torch
 from torch import nn
 
+from .data import normalize
 from .errors import CheckpointError
 from .files import special_file_kind
 from .models import ARCHITECTURES, build_model
@@ -418,8 +419,7 @@ def probe_image(norm: tuple[float, float]) -> torch.Tensor:
     """A normalised (1, 1, 28, 28) picture of a "1" (a vertical stroke), to see what a model answers."""
     picture = torch.zeros(1, 1, 28, 28)
     picture[..., 4:24, 13:16] = 1.0
-    mean, std = norm
-    return (picture - mean) / std
+    return normalize(picture, *norm)
 
 
 def check_log_probabilities(model: Callable[[torch.Tensor], torch.Tensor], norm: tuple[float, float],

@@ -592,13 +592,11 @@ def _add_predict_command(commands) -> None:
 def _predict(args) -> int:
     import json
 
-    import torch
-
     from . import evaluation
     from .checkpoints import normalization, require_dataset
-    from .confidence import judge
     from .errors import ImageError
     from .export import load_model
+    from .inference import read_image
     from .preprocess import load_image
 
     paths = args.model or [evaluation.best_checkpoint(log=_warn)]
@@ -611,7 +609,6 @@ def _predict(args) -> int:
         recorded = evaluation.recorded_accuracy(info)
         accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
         described.append(f"{path} ({info['arch']}{accuracy})")
-    torch.set_num_threads(1)  # one small image at a time: a second thread only adds overhead
     results, failed = [], 0
     if not args.json:
         print(f"model {described[0]}" if len(members) == 1 else
@@ -621,7 +618,7 @@ def _predict(args) -> int:
         print(f"{'image':<{width}}  digit  probability{top_column}", flush=True)
     for image_path in args.images:
         try:
-            reading = evaluation.read_image(members, load_image(image_path))
+            reading = read_image(members, load_image(image_path))
         except ImageError as error:
             message = str(error)
             print(f"error: {message if message.startswith(str(image_path)) else f'{image_path}: {message}'}",
@@ -630,7 +627,7 @@ def _predict(args) -> int:
             continue
         top = reading.top(args.top)
         digit, probability = top[0]
-        verdict = judge(reading.probabilities, reading.image)  # a dot, a dash, a shoe: not a digit?
+        verdict = reading.verdict  # a dot, a dash, a shoe: not a digit?
         results.append({"file": str(image_path), "digit": digit, "probability": probability,
                         "top": [{"digit": d, "probability": p} for d, p in top],
                         "rejected": verdict.rejected, "reason": verdict.reason or None})

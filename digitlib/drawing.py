@@ -3,7 +3,8 @@
 The pad keeps every stroke as a list of points in Python and rasterises them itself with PIL,
 segment by segment as they arrive, instead of reading pixels back from the browser (that lags,
 and hangs some front ends). The browser canvas only mirrors the strokes for the eye. Every
-prediction goes through ``dl.preprocess.preprocess``, the predict CLI's code path.
+prediction goes through ``dl.inference.read_image``, the predict CLI's code path, and is an
+``inference.Reading``.
 
 ``pen_down``, ``pen_move``, ``pen_up`` and ``clear`` are what the mouse calls; tests and notebook 06
 call them too, so the whole path runs without a browser::
@@ -15,27 +16,25 @@ call them too, so the whole path runs without a browser::
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import io
 import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import ipycanvas.canvas
 import ipywidgets as widgets
 import numpy as np
-import torch
 from ipycanvas import Canvas, hold_canvas
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .confidence import Verdict, judge
+from .inference import Reading, read_image
 from .pen import CANVAS_SIZE, PEN_WIDTH, Point, draw_segment
-from .preprocess import SIZE, preprocess
-from .runtime import to_model, torch_threads
+from .preprocess import SIZE
 
 PREDICT_EVERY = 0.12  # seconds between predictions while the pen moves; pen-up always predicts
 PAPER, INK = "white", "black"
@@ -50,25 +49,6 @@ class PadModel(NamedTuple):
     mean: float
     std: float
     standin: bool = False
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the pad read: the digit, its ten probabilities and the 28x28 image the model saw."""
-
-    digit: int
-    probabilities: np.ndarray  # (10,), sums to 1
-    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black: to_mnist of the raster
-    model: str  # the selector's value: a model's name or AVERAGE
-
-    @property
-    def confidence(self) -> float:
-        return float(self.probabilities[self.digit])
-
-    @property
-    def verdict(self) -> Verdict:
-        """Whether this may not be a digit at all: ``dl.confidence.judge``, the rule ``predict`` applies too."""
-        return judge(self.probabilities, self.image)
 
 
 def load_models(
@@ -118,7 +98,7 @@ class DrawingPad:
         self.strokes: list[list[Point]] = []
         self.raster = Image.new("L", (size, size), 255)  # what the models read: the strokes, drawn by PIL
         self._pen = ImageDraw.Draw(self.raster)
-        self.prediction: Prediction | None = None
+        self.prediction: Reading | None = None
         self._pen_is_down = False
         self._client_ready = False  # no drawing commands before a browser listens (see _on_client_ready)
         self._last_prediction = -math.inf
@@ -185,7 +165,7 @@ class DrawingPad:
                 self.canvas.fill_circle(*point, self.pen_width / 2)
         return point
 
-    def pen_move(self, x: float, y: float) -> Prediction | None:
+    def pen_move(self, x: float, y: float) -> Reading | None:
         """Continue the stroke to (x, y). Returns a prediction when one was due (at most one every
         ``predict_every`` seconds), else None; moves with the pen up do nothing."""
         if not self._pen_is_down:
@@ -195,7 +175,7 @@ class DrawingPad:
             return self.predict()
         return None
 
-    def pen_up(self, x: float, y: float) -> Prediction | None:
+    def pen_up(self, x: float, y: float) -> Reading | None:
         """End the stroke at (x, y) and read the drawing: the prediction, or None if the pad is empty."""
         if not self._pen_is_down:
             return self.prediction
@@ -213,7 +193,7 @@ class DrawingPad:
                 self._paint_paper()
         self.predict()
 
-    def draw_strokes(self, strokes: Sequence[Sequence[Point]]) -> Prediction | None:
+    def draw_strokes(self, strokes: Sequence[Sequence[Point]]) -> Reading | None:
         """Draw ``strokes`` (lists of (x, y) points) as the mouse would; returns the last prediction."""
         prediction = self.prediction
         for stroke in strokes:
@@ -224,7 +204,7 @@ class DrawingPad:
         return prediction
 
     # Reading the drawing -----------------------------------------------------------------------
-    def predict(self) -> Prediction | None:
+    def predict(self) -> Reading | None:
         """Read the drawing now with the selected model (or the average), show it, and return it;
         None for an empty pad, which then says "draw a digit"."""
         self._last_prediction = time.monotonic()
@@ -232,28 +212,15 @@ class DrawingPad:
         self._show(self.prediction)
         return self.prediction
 
-    @torch.inference_mode()
-    def _read(self) -> Prediction:
+    def _read(self) -> Reading:
+        """The raster read by the selected model, or by all of them (the mean of their probabilities)."""
         choice = self.model_selector.value
         names = list(self.models) if choice == AVERAGE else [choice]
-        inputs: dict[tuple[float, float], torch.Tensor] = {}  # models trained alike share one input
-        probabilities = []
-        for name in names:
-            model, mean, std, _ = self.models[name]
-            if (mean, std) not in inputs:
-                inputs[mean, std] = preprocess(self.raster, mean, std)
-            # One thread: one 28x28 image is too little work to split, and on a busy CPU a second
-            # thread only adds waiting for a free core.
-            with torch_threads(1):
-                log_probabilities = model(to_model(model, inputs[mean, std]))
-            probabilities.append(log_probabilities.float().exp()[0].cpu().numpy())
-        (mean, std), x = next(iter(inputs.items()))
-        image = (x[0, 0] * std + mean).numpy()  # undo the normalisation: to_mnist's picture
-        average = np.mean(probabilities, axis=0)
-        return Prediction(int(average.argmax()), average, image, choice)
+        members = [(entry.model, entry.mean, entry.std) for entry in (self.models[name] for name in names)]
+        return dataclasses.replace(read_image(members, self.raster), model=choice)
 
     # Screen ------------------------------------------------------------------------------------
-    def _show(self, prediction: Prediction | None) -> None:
+    def _show(self, prediction: Reading | None) -> None:
         if prediction is None:
             self.digit_label.value = '<div style="color:#888;font-size:1.6em;padding-top:1.5em">draw a digit</div>'
             self.detail_label.value = ""

@@ -1,4 +1,4 @@
-"""Measuring trained models (notebook 05 and ``python -m digitlib evaluate``/``predict``).
+"""Measuring trained models (notebook 05 and ``python -m digitlib evaluate``; ``predict`` picks its model here).
 
 Everything starts from one pass over the test set, :func:`predict_proba`; the metrics, the
 confusion matrix, the report and the gallery of mistakes are computed from its output, so a
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -20,8 +19,7 @@ from PIL import Image
 from torch import nn
 
 from .errors import CheckpointError, DigitlibError
-from .preprocess import SIZE, to_mnist
-from .runtime import batch_to, model_device, pick_device, to_model
+from .runtime import batch_to, model_device, pick_device
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
     import pandas as pd
@@ -170,32 +168,7 @@ def majority_vote(*probabilities) -> torch.Tensor:
     return (votes + stacked.mean(dim=0) / 2).argmax(dim=1)
 
 
-# --- One image at a time: the predict CLI and the drawing pad ----------------------------------
-
-
-@dataclass(frozen=True)
-class Reading:
-    """What one model or an ensemble made of one picture: all ten probabilities, and what it saw."""
-
-    probabilities: np.ndarray  # (10,) float32, the mean of the members' probabilities; sums to 1
-    image: np.ndarray  # (28, 28) float32 in [0, 1], white ink on black: to_mnist of the picture
-
-    def top(self, k: int = 3) -> list[tuple[int, float]]:
-        """The ``k`` most likely digits as (digit, probability), most likely first."""
-        order = np.argsort(-self.probabilities, kind="stable")[:k]
-        return [(int(digit), float(self.probabilities[digit])) for digit in order]
-
-
-@torch.inference_mode()
-def read_image(members: Sequence[tuple[nn.Module, float, float]], image) -> Reading:
-    """The probabilities that (model, mean, std) ``members`` give one picture (their mean for several), and
-    the MNIST-like picture they saw: what ``confidence.judge`` needs to tell whether it is a digit at all."""
-    picture = to_mnist(image)
-    digit = torch.from_numpy(picture).reshape(1, 1, SIZE, SIZE)
-    probabilities = torch.stack(
-        [model(to_model(model, (digit - mean) / std))[0].float().exp().cpu() for model, mean, std in members]
-    )
-    return Reading(probabilities.mean(0).numpy(), picture)
+# --- A drawing for timing and testing the one-picture path (inference.read_image) ----------------
 
 
 def as_drawing(image, side: int = 280) -> Image.Image:

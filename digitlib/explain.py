@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .confidence import raw_logits
+from .data import normalize
 from .models import DigitCNN, DigitResNet
 from .runtime import to_model
 
@@ -96,7 +97,7 @@ def grad_cam_layer(model: nn.Module) -> nn.Module:
 
 def blank_baseline(x: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """A picture with no ink, normalised like ``x``: Integrated Gradients' reference point."""
-    return torch.full_like(x, (0.0 - mean) / std)
+    return normalize(torch.zeros_like(x), mean, std)
 
 
 @dataclass(frozen=True)

@@ -24,12 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentConfig, as_float_images
 from .augment import augment as augment_batch
+from .data import MnistSplits, normalize
 from .errors import DataError
 
 if TYPE_CHECKING:  # only names for type hints: albumentations loads when its pipeline is built
     import albumentations as A
-
-    from .data import MnistSplits
 
 #: The input pipelines ``make_loaders`` builds (the CLI's ``--augment``).
 PIPELINES = ("device", "albumentations", "none")
@@ -102,8 +101,7 @@ class DeviceLoader:
 
     def _make_batch(self, images: torch.Tensor) -> torch.Tensor:
         x = augment_batch(images, self.generator, self.config) if self.augment else as_float_images(images)
-        x = x.sub_(self.mean).div_(self.std)  # in place: x is a new tensor either way
-        return x.contiguous(memory_format=torch.channels_last)
+        return normalize(x, self.mean, self.std).contiguous(memory_format=torch.channels_last)
 
 
 def device_loaders(
@@ -169,8 +167,7 @@ class DigitDataset(Dataset):
         image = self.images[index]
         if self.transform is not None:
             image = torch.from_numpy(self.transform(image=image.numpy())["image"])
-        x = (image.to(torch.float32).div_(255).sub_(self.mean).div_(self.std)).unsqueeze_(0)
-        return x, self.labels[index]
+        return normalize(image, self.mean, self.std), self.labels[index]
 
 
 def default_workers() -> int:

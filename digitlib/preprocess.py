@@ -3,7 +3,8 @@
 MNIST's digits were size-normalised to fit a 20x20 box (keeping their aspect ratio, with
 anti-aliasing) and then centred by centre of mass in a 28x28 field. ``to_mnist`` does the same
 to a photo, a scan or a drawing; each step is its own small function so notebook 06 can show it.
-The predict CLI and the drawing pad both go through ``preprocess``: one code path.
+The predict CLI and the drawing pad both read a picture through ``inference.read_image``, which makes
+it MNIST-like here: one code path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .data import normalize
 from .errors import ImageError
 
 BOX = 20  # MNIST's digits fit a 20x20 box...
@@ -187,7 +189,7 @@ def fit_box(crop: np.ndarray, box: int = BOX) -> np.ndarray:
     Shrinking uses an area filter (each output pixel averages the input pixels it covers),
     which anti-aliases like MNIST; growing a tiny image uses bilinear interpolation.
     """
-    import cv2  # a slow import: only where a picture is resized
+    import cv2  # slow to import: only pictures need it (predict does, for every one)
 
     height, width = crop.shape
     scale = box / max(height, width)
@@ -220,7 +222,13 @@ def to_mnist(image: Image.Image | np.ndarray) -> np.ndarray:
     return center_by_mass(fit_box(crop_to_ink(ink_map(image))))
 
 
+def model_input(picture: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """An MNIST-like picture (28, 28) in [0, 1], ``to_mnist``'s output, as a model takes it: normalised with
+    ``data.normalize`` and shaped (1, 1, 28, 28). Several models can read one picture each with their own
+    mean and std without making it MNIST-like again."""
+    return normalize(torch.from_numpy(picture), mean, std).reshape(1, 1, SIZE, SIZE)
+
+
 def preprocess(image: Image.Image | np.ndarray, mean: float, std: float) -> torch.Tensor:
     """``to_mnist`` plus the training normalisation: a (1, 1, 28, 28) float tensor for a model."""
-    digit = torch.from_numpy(to_mnist(image))
-    return digit.sub(mean).div(std).reshape(1, 1, SIZE, SIZE)
+    return model_input(to_mnist(image), mean, std)

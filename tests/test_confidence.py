@@ -157,7 +157,7 @@ def members(trained_checkpoints):
 
 
 def rejected_share(members, pictures) -> float:
-    readings = [dl.evaluation.read_image(members, picture) for picture in pictures]
+    readings = [dl.inference.read_image(members, picture) for picture in pictures]
     return float(np.mean([confidence.judge(r.probabilities, r.image).rejected for r in readings]))
 
 

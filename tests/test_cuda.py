@@ -8,7 +8,7 @@ import torch
 from helpers import train_config
 
 import digitlib as dl
-from digitlib import confidence, evaluation, explain, runtime
+from digitlib import confidence, evaluation, explain, inference, runtime
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (make test-gpu)")]
@@ -56,7 +56,7 @@ def test_analysis_functions_take_cpu_inputs_for_a_cuda_model(trained_on_cuda):
                         explain.integrated_gradients(model, x[:1], target, explain.blank_baseline(x[:1], 0, 1),
                                                      steps=8).attributions):
         assert attribution.device.type == "cpu" and attribution.shape == (28, 28)
-    reading = evaluation.read_image([(model, splits.mean, splits.std)], splits.test_images[0].numpy())
+    reading = inference.read_image([(model, splits.mean, splits.std)], splits.test_images[0].numpy())
     assert abs(float(reading.probabilities.sum()) - 1) < 1e-4
 
 

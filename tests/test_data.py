@@ -1,4 +1,4 @@
-"""digitlib.data and digitlib.config: loading, bad files, the split, augmentation, loaders, paths."""
+"""digitlib.data, datafiles and config: loading, bad files, the split, augmentation, loaders, paths."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ import digitlib as dl
 from digitlib import cli, config
 
 # The project's MNIST folder, which `make test` prepares (read before any test changes DIGITLIB_DATA).
-PROJECT_RAW = dl.data.raw_dir()
-UNZIPPED = [name.removesuffix(".gz") for name in dl.data.MNIST_FILES]
+PROJECT_RAW = dl.datafiles.raw_dir()
+UNZIPPED = [name.removesuffix(".gz") for name in dl.datafiles.MNIST_FILES]
 
 
 def copy_archives(root):
     """The four original .gz files copied into ``root/MNIST/raw``; returns that folder."""
-    dl.data.copy_mnist_files(PROJECT_RAW, root)
-    return dl.data.raw_dir(root)
+    dl.datafiles.copy_mnist_files(PROJECT_RAW, root)
+    return dl.datafiles.raw_dir(root)
 
 
 def truncate(path, size=1000):
@@ -51,13 +51,13 @@ def test_load_mnist_counts_types_and_labels(train, count):
 
 
 def test_copy_mnist_files_copies_the_originals_and_they_load(tmp_path):
-    copied = dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
-    assert sorted(path.name for path in copied) == sorted(dl.data.MNIST_FILES)
+    copied = dl.datafiles.copy_mnist_files(PROJECT_RAW, tmp_path)
+    assert sorted(path.name for path in copied) == sorted(dl.datafiles.MNIST_FILES)
     for path in copied:
         assert path.parent == tmp_path / "MNIST" / "raw"
-        assert hashlib.md5(path.read_bytes()).hexdigest() == dl.data.MNIST_FILES[path.name]
+        assert hashlib.md5(path.read_bytes()).hexdigest() == dl.datafiles.MNIST_FILES[path.name]
     # Exactly the four files: no temporary file of the atomic writes is left behind.
-    assert sorted(path.name for path in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(dl.data.MNIST_FILES)
+    assert sorted(path.name for path in (tmp_path / "MNIST" / "raw").iterdir()) == sorted(dl.datafiles.MNIST_FILES)
 
     images, labels = dl.data.load_mnist(train=False, root=tmp_path)
     expected_images, expected_labels = dl.data.load_mnist(train=False)
@@ -68,7 +68,7 @@ def test_copy_mnist_files_from_an_incomplete_source_names_the_missing_file(tmp_p
     source = tmp_path / "source"
     source.mkdir()
     with pytest.raises(dl.DataError, match="train-images-idx3-ubyte.gz is missing"):
-        dl.data.copy_mnist_files(source, tmp_path / "root")
+        dl.datafiles.copy_mnist_files(source, tmp_path / "root")
 
 
 def test_truncated_archive_is_reported_by_name(tmp_path):
@@ -93,7 +93,7 @@ def test_truncated_unzipped_file_is_extracted_again_from_its_archive(tmp_path):
 
 
 def test_truncated_unzipped_file_without_archive_is_reported_by_name(tmp_path):
-    raw = dl.data.raw_dir(tmp_path)
+    raw = dl.datafiles.raw_dir(tmp_path)
     raw.mkdir(parents=True)
     for name in UNZIPPED:
         shutil.copyfile(PROJECT_RAW / name, raw / name)
@@ -110,23 +110,23 @@ def test_missing_files_that_cannot_be_downloaded_say_where_and_what_to_do(tmp_pa
     with pytest.raises(dl.DataError) as error:
         dl.data.load_mnist(train=True, root=tmp_path)
     message = str(error.value)
-    assert str(dl.data.raw_dir(tmp_path)) in message
-    for name in dl.data.MNIST_FILES:
+    assert str(dl.datafiles.raw_dir(tmp_path)) in message
+    for name in dl.datafiles.MNIST_FILES:
         assert name in message
     assert "make data" in message
     assert "\n" not in message   # one line, not torchvision's multi-line report
 
 
 def test_mnist_files_match_torchvision():
-    # MNIST_FILES is written out so that importing digitlib.data does not import torchvision.
-    assert dl.data.MNIST_FILES == dict(torchvision.datasets.MNIST.resources)
-    assert dl.data.DATASETS["mnist"].files is dl.data.MNIST_FILES
+    # MNIST_FILES is written out so that importing digitlib.data (and datafiles) does not import torchvision.
+    assert dl.datafiles.MNIST_FILES == dict(torchvision.datasets.MNIST.resources)
+    assert dl.datafiles.DATASETS["mnist"].files is dl.datafiles.MNIST_FILES
 
 
 def test_the_unzipped_md5s_are_those_of_the_original_archives():
     # DatasetInfo.contents recognises a re-compressed copy; it must be what the md5-checked archives hold.
-    contents = dl.data.DATASETS["mnist"].contents
-    for name in dl.data.MNIST_FILES:
+    contents = dl.datafiles.DATASETS["mnist"].contents
+    for name in dl.datafiles.MNIST_FILES:
         data = gzip.decompress((PROJECT_RAW / name).read_bytes())
         assert hashlib.md5(data).hexdigest() == contents[name.removesuffix(".gz")], name
 
@@ -137,12 +137,12 @@ def test_a_recompressed_archive_is_unzipped_by_the_copy_and_loads(tmp_path):
     # in the target is replaced by the good data.
     source = tmp_path / "source"
     source.mkdir()
-    for name in dl.data.MNIST_FILES:
+    for name in dl.datafiles.MNIST_FILES:
         (source / name).write_bytes(gzip.compress(gzip.decompress((PROJECT_RAW / name).read_bytes()), mtime=0))
-    raw = dl.data.raw_dir(tmp_path / "root")
+    raw = dl.datafiles.raw_dir(tmp_path / "root")
     raw.mkdir(parents=True)
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(b"half a download")
-    kept = dl.data.copy_mnist_files(source, tmp_path / "root")
+    kept = dl.datafiles.copy_mnist_files(source, tmp_path / "root")
     assert sorted(path.name for path in kept) == sorted(UNZIPPED) == sorted(path.name for path in raw.iterdir())
     images, labels = dl.data.load_mnist(train=False, root=tmp_path / "root", download=False)
     expected_images, expected_labels = dl.data.load_mnist(train=False)
@@ -231,16 +231,16 @@ def test_a_download_that_never_answers_times_out_with_a_clear_message(tmp_path, 
 
 def test_download_timeout_defaults_and_reads_the_environment(monkeypatch):
     monkeypatch.delenv("DIGITLIB_DOWNLOAD_TIMEOUT", raising=False)
-    assert dl.data.download_timeout() == dl.data.DOWNLOAD_TIMEOUT_S
+    assert dl.datafiles.download_timeout() == dl.datafiles.DOWNLOAD_TIMEOUT_S
     monkeypatch.setenv("DIGITLIB_DOWNLOAD_TIMEOUT", " 2.5 ")
-    assert dl.data.download_timeout() == 2.5
+    assert dl.datafiles.download_timeout() == 2.5
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf"])
 def test_download_timeout_rejects_what_is_not_a_positive_number(monkeypatch, value):
     monkeypatch.setenv("DIGITLIB_DOWNLOAD_TIMEOUT", value)
     with pytest.raises(dl.DataError, match="DIGITLIB_DOWNLOAD_TIMEOUT=.* is not a positive number of seconds"):
-        dl.data.download_timeout()
+        dl.datafiles.download_timeout()
 
 
 # --- headers and labels of the unzipped files -----------------------------------------------
@@ -278,13 +278,13 @@ BAD_FILES = {
 
 def test_the_project_files_have_no_problem():
     for name in UNZIPPED:
-        assert dl.data.idx_problem(PROJECT_RAW / name) is None, name
+        assert dl.datafiles.idx_problem(PROJECT_RAW / name) is None, name
 
 
 @pytest.mark.parametrize("case", BAD_FILES)
 def test_a_bad_unzipped_file_without_archive_is_named_with_what_is_wrong(tmp_path, case):
     name, damage, expected = BAD_FILES[case]
-    raw = dl.data.raw_dir(tmp_path)
+    raw = dl.datafiles.raw_dir(tmp_path)
     raw.mkdir(parents=True)
     for each in UNZIPPED:
         shutil.copyfile(PROJECT_RAW / each, raw / each)
@@ -367,7 +367,7 @@ def test_a_folder_that_cannot_take_the_download_is_not_called_a_network_failure(
     with pytest.raises(dl.DataError) as caught:
         dl.data.load_mnist(train=True, root=tmp_path)
     message = str(caught.value)
-    raw = dl.data.raw_dir(tmp_path)
+    raw = dl.datafiles.raw_dir(tmp_path)
     assert message.startswith(f"cannot write to {raw} ({error.strerror}: {raw / 'train-images-idx3-ubyte.gz'})")
     assert advice in message and "could not be downloaded" not in message
 
@@ -378,7 +378,7 @@ def test_copying_into_a_folder_that_cannot_be_written_says_so(tmp_path, monkeypa
 
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(dl.DataError, match="cannot write to .* make it writable"):
-        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
+        dl.datafiles.copy_mnist_files(PROJECT_RAW, tmp_path)
 
 
 def test_an_unreadable_source_is_not_called_an_unwritable_target(tmp_path, monkeypatch):
@@ -387,7 +387,7 @@ def test_an_unreadable_source_is_not_called_an_unwritable_target(tmp_path, monke
 
     monkeypatch.setattr(shutil, "copyfileobj", refuse)
     with pytest.raises(dl.DataError, match=r"^cannot read .*train-images-idx3-ubyte.gz \(Permission denied\)"):
-        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
+        dl.datafiles.copy_mnist_files(PROJECT_RAW, tmp_path)
 
 
 def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeypatch):
@@ -397,8 +397,8 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_file(tmp_path, monkeypatch
 
     monkeypatch.setattr(shutil, "copyfileobj", fill_the_disk)
     with pytest.raises(dl.DataError, match=r"^cannot write to .*No space left on device.*free some space"):
-        dl.data.copy_mnist_files(PROJECT_RAW, tmp_path)
-    assert list(dl.data.raw_dir(tmp_path).iterdir()) == []
+        dl.datafiles.copy_mnist_files(PROJECT_RAW, tmp_path)
+    assert list(dl.datafiles.raw_dir(tmp_path).iterdir()) == []
 
 
 def test_any_other_file_system_failure_is_one_line_too(tmp_path, monkeypatch):
@@ -417,7 +417,7 @@ def test_an_unreadable_file_says_so(tmp_path, monkeypatch):
     def refuse(path, dataset="mnist"):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(dl.data, "idx_problem", refuse)   # chmod 000 does not stop root
+    monkeypatch.setattr(dl.datafiles, "idx_problem", refuse)   # chmod 000 does not stop root
     with pytest.raises(dl.DataError, match=r"^cannot read .*t10k-images-idx3-ubyte \(Permission denied\): make it"):
         dl.data.load_mnist(train=False, root=tmp_path)
 
@@ -529,7 +529,7 @@ def test_environment_overrides_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITLIB_FIGURES", str(tmp_path / "figures"))
     monkeypatch.setenv("DIGITLIB_SMOKE", "1")   # quick runs keep to a subfolder of DIGITLIB_MODELS too
     assert dl.data_dir() == tmp_path / "data"
-    assert dl.data.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
+    assert dl.datafiles.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
     assert dl.models_dir() == tmp_path / "models" / "smoke"
     assert dl.models_dir(quick=False) == tmp_path / "models"
     assert dl.figures_dir() == tmp_path / "figures"
@@ -554,7 +554,7 @@ def test_cli_data_copies_and_prints_the_folder(monkeypatch, tmp_path, capsys):
     assert cli.main(["data", "--source", str(PROJECT_RAW)]) == 0
     raw = tmp_path / "MNIST" / "raw"
     assert str(raw) in capsys.readouterr().out
-    assert all((raw / name).exists() for name in dl.data.MNIST_FILES)
+    assert all((raw / name).exists() for name in dl.datafiles.MNIST_FILES)
     assert all((raw / name).stat().st_size == (PROJECT_RAW / name).stat().st_size for name in UNZIPPED)
 
 
@@ -574,3 +574,9 @@ def test_the_split_a_checkpoint_was_chosen_on_is_its_split_seed_else_its_seed():
     assert dl.data.split_seed_of({"seed": 3, "data": {"dataset": "mnist"}}) == 3
     assert dl.data.split_seed_of({"seed": 3}) == 3
     assert dl.data.split_seed_of({}) == 0
+
+
+def test_the_lesson_keeps_the_names_learners_call_in_dl_data():
+    # The registry and the files' folder live in datafiles; notebooks and the command line reach them through data.
+    assert dl.data.DATASETS is dl.datafiles.DATASETS
+    assert dl.data.dataset_info is dl.datafiles.dataset_info and dl.data.raw_dir is dl.datafiles.raw_dir

@@ -16,7 +16,7 @@ from digitlib.errors import CheckpointError
 
 @pytest.fixture(scope="module")
 def test_outputs(trained_checkpoints, small_splits):
-    """{"cnn": (probabilities, labels), "resnet": ...} on small_splits' test images, plus the cnn model."""
+    """{"cnn": (probabilities, labels), "resnet": ...} on small_splits' test images."""
     outputs = {}
     for arch, path in trained_checkpoints.items():
         model, info = load_checkpoint(path)
@@ -26,12 +26,6 @@ def test_outputs(trained_checkpoints, small_splits):
         )
         outputs[arch] = evaluation.predict_proba(model, loader, "cpu")
     return outputs
-
-
-@pytest.fixture(scope="module")
-def cnn(trained_checkpoints):
-    model, info = load_checkpoint(trained_checkpoints["cnn"])
-    return model, info["normalization"]["mean"], info["normalization"]["std"]
 
 
 def test_predict_proba_gives_a_distribution_per_image(test_outputs, small_splits):
@@ -140,16 +134,6 @@ def test_average_probabilities_of_two_models(test_outputs):
     assert evaluation.classification_metrics(ensemble, labels)["accuracy"] > 0.9
 
 
-def test_read_image_on_a_drawing(cnn, small_splits, test_outputs):
-    model, mean, std = cnn
-    probabilities, labels = test_outputs["cnn"]
-    index = int(probabilities.max(dim=1).values.argmax())  # the image the model is surest of
-    top = evaluation.read_image([(model, mean, std)], evaluation.as_drawing(small_splits.test_images[index])).top(3)
-    assert len(top) == 3 and len({digit for digit, _ in top}) == 3
-    assert [p for _, p in top] == sorted((p for _, p in top), reverse=True) and sum(p for _, p in top) <= 1 + 1e-6
-    assert top[0][0] == labels[index]
-
-
 def test_as_drawing_is_dark_ink_on_white(small_splits):
     drawing = evaluation.as_drawing(small_splits.test_images[0], side=140)
     assert drawing.mode == "RGB" and drawing.size == (140, 140)
@@ -201,12 +185,3 @@ def test_majority_vote_counts_votes_and_breaks_ties_by_mean_probability():
     assert evaluation.majority_vote(a, b, c).tolist() == [0, 2]
     # a tie (one vote each) goes to the class with the higher mean probability
     assert evaluation.majority_vote(torch.tensor([[0.51, 0.49]]), torch.tensor([[0.0, 1.0]])).tolist() == [1]
-
-
-def test_an_ensemble_of_one_model_twice_reads_as_the_model(cnn, small_splits):
-    model, mean, std = cnn
-    drawing = evaluation.as_drawing(small_splits.test_images[3])
-    single = evaluation.read_image([(model, mean, std)], drawing).top(3)
-    ensemble = evaluation.read_image([(model, mean, std), (model, mean, std)], drawing).top(3)
-    assert [d for d, _ in single] == [d for d, _ in ensemble]
-    assert [p for _, p in single] == pytest.approx([p for _, p in ensemble], abs=1e-6)

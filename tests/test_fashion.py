@@ -29,9 +29,9 @@ from digitlib import config  # noqa: E402
 from digitlib.checkpoints import read_checkpoint, update_checkpoint  # noqa: E402
 from digitlib.errors import CheckpointError  # noqa: E402
 
-FASHION = dl.data.DATASETS["fashion"]
+FASHION = dl.datafiles.DATASETS["fashion"]
 DEBIAN = FASHION.local_copy  # /usr/share/datasets/fashion-mnist
-PROJECT_FASHION = dl.data.raw_dir(dataset="fashion")  # read before any test changes DIGITLIB_DATA
+PROJECT_FASHION = dl.datafiles.raw_dir(dataset="fashion")  # read before any test changes DIGITLIB_DATA
 NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 needs_debian = pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"{DEBIAN} is missing: install Debian's "
@@ -41,11 +41,11 @@ needs_debian = pytest.mark.skipif(not DEBIAN.is_dir(), reason=f"{DEBIAN} is miss
 @pytest.fixture(scope="module")
 def fashion_root(tmp_path_factory):
     """A data root whose FashionMNIST/raw holds the four files: the project's, else a copy of Debian's."""
-    if dl.data.available("fashion"):
+    if dl.datafiles.available("fashion"):
         return dl.data_dir()
     if DEBIAN.is_dir():
         root = tmp_path_factory.mktemp("data")
-        dl.data.copy_raw_files(DEBIAN, root, "fashion")
+        dl.datafiles.copy_raw_files(DEBIAN, root, "fashion")
         return root
     pytest.skip(f"Fashion-MNIST is neither in {PROJECT_FASHION} nor in {DEBIAN}: run `python -m digitlib data "
                 "--dataset fashion` (or install Debian's package dataset-fashion-mnist)")
@@ -61,8 +61,8 @@ def no_proxy(monkeypatch):
 
 
 def test_the_two_datasets_and_their_class_names():
-    assert list(dl.data.DATASETS) == ["mnist", "fashion"] == list(config.DATASET_NAMES)
-    assert [info.title for info in dl.data.DATASETS.values()] == ["MNIST", "Fashion-MNIST"]
+    assert list(dl.datafiles.DATASETS) == ["mnist", "fashion"] == list(config.DATASET_NAMES)
+    assert [info.title for info in dl.datafiles.DATASETS.values()] == ["MNIST", "Fashion-MNIST"]
     assert dl.data.class_names("mnist") == tuple(str(digit) for digit in range(10))
     assert dl.data.class_names("fashion") == NAMES == tuple(torchvision.datasets.FashionMNIST.classes)
     assert dl.data.class_names() == dl.data.class_names("mnist")
@@ -94,8 +94,8 @@ def test_a_checkpoint_without_a_dataset_is_mnist():
 def test_each_dataset_has_its_own_folders(monkeypatch, tmp_path):
     monkeypatch.setenv("DIGITLIB_DATA", str(tmp_path / "data"))
     use_models_folder(monkeypatch, tmp_path / "models")
-    assert dl.data.raw_dir(dataset="fashion") == tmp_path / "data" / "FashionMNIST" / "raw"
-    assert dl.data.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
+    assert dl.datafiles.raw_dir(dataset="fashion") == tmp_path / "data" / "FashionMNIST" / "raw"
+    assert dl.datafiles.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
     assert config.dataset_models_dir("mnist") == tmp_path / "models"
     assert config.dataset_models_dir("fashion") == tmp_path / "models" / "fashion"
     assert dl.cli.model_set_paths(["cnn"], 2, "fashion") == {
@@ -113,13 +113,13 @@ def test_debians_recompressed_archives_hold_the_original_data(tmp_path):
     # copy_raw_files recognises the data by their unzipped md5 and unzips them itself.
     for name, md5 in FASHION.files.items():
         assert hashlib.md5((DEBIAN / name).read_bytes()).hexdigest() != md5, "Debian now ships the originals"
-    kept = dl.data.copy_raw_files(DEBIAN, tmp_path, "fashion")
-    raw = dl.data.raw_dir(tmp_path, "fashion")
+    kept = dl.datafiles.copy_raw_files(DEBIAN, tmp_path, "fashion")
+    raw = dl.datafiles.raw_dir(tmp_path, "fashion")
     assert sorted(path.name for path in kept) == sorted(FASHION.contents) == sorted(p.name for p in raw.iterdir())
     for path in kept:
         assert hashlib.md5(path.read_bytes()).hexdigest() == FASHION.contents[path.name]
     modified = {path: path.stat().st_mtime_ns for path in kept}
-    assert dl.data.copy_raw_files(DEBIAN, tmp_path, "fashion") == kept  # a second call writes nothing
+    assert dl.datafiles.copy_raw_files(DEBIAN, tmp_path, "fashion") == kept  # a second call writes nothing
     assert {path: path.stat().st_mtime_ns for path in kept} == modified
 
 
@@ -129,17 +129,17 @@ def test_cli_data_copies_fashion_and_refuses_one_source_for_two_datasets(monkeyp
     status, out, err = run(["data", "--dataset", "fashion", "--source", DEBIAN], capsys)
     assert status == 0, err
     assert out == f"Fashion-MNIST ready in {tmp_path / 'FashionMNIST' / 'raw'} (copied from {DEBIAN})\n"
-    assert dl.data.available("fashion", tmp_path) and not dl.data.available("mnist", tmp_path)
+    assert dl.datafiles.available("fashion", tmp_path) and not dl.datafiles.available("mnist", tmp_path)
 
     status, out, err = run(["data", "--dataset", "mnist", "fashion", "--source", DEBIAN], capsys)
     assert status == 2 and out == "" and err.count("\n") == 1 and "give a single --dataset" in err
 
 
 def test_a_damaged_fashion_file_is_named_with_what_to_run(fashion_root, tmp_path):
-    raw = dl.data.raw_dir(tmp_path, "fashion")
+    raw = dl.datafiles.raw_dir(tmp_path, "fashion")
     raw.mkdir(parents=True)
     for name in FASHION.contents:
-        shutil.copyfile(dl.data.raw_dir(fashion_root, "fashion") / name, raw / name)
+        shutil.copyfile(dl.datafiles.raw_dir(fashion_root, "fashion") / name, raw / name)
     labels = bytearray((raw / "t10k-labels-idx1-ubyte").read_bytes())
     labels[0:4] = (2051).to_bytes(4, "big")
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(labels))
@@ -157,7 +157,7 @@ def test_missing_fashion_data_that_cannot_be_downloaded_is_one_clear_line(tmp_pa
     with pytest.raises(dl.DataError) as error:
         dl.data.load_splits(dataset="fashion", root=tmp_path)
     message = str(error.value)
-    assert message.startswith(f"Fashion-MNIST is not in {dl.data.raw_dir(tmp_path, 'fashion')} and could not be "
+    assert message.startswith(f"Fashion-MNIST is not in {dl.datafiles.raw_dir(tmp_path, 'fashion')} and could not be "
                               "downloaded (Error downloading train-images-idx3-ubyte.gz")
     assert all(name in message for name in FASHION.files) and "\n" not in message
     assert f"`python -m digitlib data --dataset fashion` copies them from {DEBIAN}/ (Debian's package" in message
@@ -361,19 +361,19 @@ def test_recompressed_copy_check_is_by_content_not_by_archive(fashion_root, tmp_
     # Any archive whose data are the originals is accepted, however it was compressed; others are refused.
     source = tmp_path / "source"
     source.mkdir()
-    raw = dl.data.raw_dir(fashion_root, "fashion")
+    raw = dl.datafiles.raw_dir(fashion_root, "fashion")
     for name in FASHION.files:
         unzipped = raw / name.removesuffix(".gz")
         data = unzipped.read_bytes() if unzipped.exists() else gzip.decompress((raw / name).read_bytes())
         (source / name).write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
-    kept = dl.data.copy_raw_files(source, tmp_path / "root", "fashion")
+    kept = dl.datafiles.copy_raw_files(source, tmp_path / "root", "fashion")
     assert all(hashlib.md5(path.read_bytes()).hexdigest() == FASHION.contents[path.name] for path in kept)
 
     labels = source / "t10k-labels-idx1-ubyte.gz"
     data = gzip.decompress(labels.read_bytes())
     labels.write_bytes(gzip.compress(data[:-1] + bytes([(data[-1] + 1) % 10]), mtime=0))  # one label changed
     with pytest.raises(dl.DataError) as error:
-        dl.data.copy_raw_files(source, tmp_path / "other", "fashion")
+        dl.datafiles.copy_raw_files(source, tmp_path / "other", "fashion")
     assert str(error.value) == (
         f"{labels} holds neither the original Fashion-MNIST file nor its data (both md5s differ from the "
         "originals'): replace it with the original file."

@@ -266,7 +266,7 @@ def test_pad_still_shows_the_drawing_what_the_model_saw_and_the_ten_probabilitie
     probabilities[1] = 0.91
     seen = np.zeros((28, 28), np.float32)
     seen[4:24, 13:15] = 1.0
-    prediction = dl.drawing.Prediction(1, probabilities, seen, "CNN")
+    prediction = dl.inference.Reading(probabilities, seen, "CNN")
     figure = dl.plots.pad_still(SimpleNamespace(raster=raster, prediction=prediction), note="CNN")
     drawing_ax, seen_ax, bars_ax = figure.axes
     assert _shown(drawing_ax).shape == (280, 280) and _shown(drawing_ax)[100, 140] == 0

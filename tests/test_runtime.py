@@ -19,7 +19,7 @@ import torch
 from helpers import train_config
 
 import digitlib as dl
-from digitlib import confidence, evaluation, explain, runtime
+from digitlib import confidence, explain, inference, runtime
 from digitlib.checkpoints import read_checkpoint
 from digitlib.runtime import amp_dtype, pick_device
 from digitlib.training import fit
@@ -145,7 +145,7 @@ CALLS = {
     "saliency": lambda model: explain.saliency(model, CPU_IMAGE, 0),
     "integrated_gradients": lambda model: explain.integrated_gradients(model, CPU_IMAGE, 0, CPU_IMAGE, steps=2),
     "grad_cam": lambda model: explain.grad_cam(model, CPU_IMAGE, 0),
-    "read_image": lambda model: evaluation.read_image([(model, 0.13, 0.31)], torch.rand(28, 28).numpy()),
+    "read_image": lambda model: inference.read_image([(model, 0.13, 0.31)], torch.rand(28, 28).numpy()),
 }
 
 
