@@ -24,7 +24,7 @@ from pathlib import Path
 
 from docutils import nodes
 
-STANDIN_MARK = "using a small stand-in"  # what dl.training.load_or_train prints when it uses one
+STANDIN_MARK = "using a small stand-in"  # what dl.zoo.load_or_train prints when it uses one
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 PAD_STILL = "pad_still"  # its name among the figures (dl.plots.save_figure)
 # A 4 in two strokes, as notebook 05 draws one (pad coordinates, 280 x 280).

@@ -34,7 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _SUBMODULES = (
     "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "datafiles", "drawing", "evaluation",
     "explain", "export", "extras", "files", "inference", "loaders", "models", "pen", "plots", "preprocess", "reports",
-    "results", "runstate", "runtime", "training",
+    "results", "runstate", "runtime", "training", "zoo",
 )
 
 __all__ = [
@@ -43,7 +43,7 @@ __all__ = [
     # The submodules, written out (not *_SUBMODULES) so that linters and editors can read the list.
     "augment", "bench", "checkpoint_checks", "checkpoints", "confidence", "data", "datafiles", "drawing", "evaluation",
     "explain", "export", "extras", "files", "inference", "loaders", "models", "pen", "plots", "preprocess", "reports",
-    "results", "runstate", "runtime", "training",
+    "results", "runstate", "runtime", "training", "zoo",
 ]
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
         runstate,
         runtime,
         training,
+        zoo,
     )
 
 

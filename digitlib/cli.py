@@ -26,7 +26,7 @@ from .config import (
     REFERENCE_BATCH_SIZE,
     START_LR,
     TrainConfig,
-    dataset_models_dir,
+    model_set_paths,
     run_config,
     smoke_test,
 )
@@ -245,8 +245,8 @@ def _check_destination(out: Path, force: bool, resume: bool) -> None:
     any destination that is not a regular file or a new path (``files.check_destination``)."""
     from .checkpoints import read_checkpoint
     from .errors import CheckpointError
-    from .evaluation import recorded_accuracy
     from .files import check_destination
+    from .zoo import recorded_accuracy
 
     check_destination(out)
     if resume:
@@ -303,22 +303,6 @@ def _add_models_command(commands) -> None:
     parser.add_argument("--record", metavar="RECIPE", default=None,
                         help="write each run's settings and results to build/results/RECIPE-<model>-seed<N>.json")
     parser.set_defaults(handler=_models)
-
-
-def model_set_paths(archs, seeds: int, dataset: str = "mnist", limit: int | None = None, epochs: int | None = None):
-    """{(arch, seed): checkpoint path} of the model set that `models` trains (seed 0 is also `train`'s default).
-
-    Under ``dataset_models_dir(dataset)``, or its ``quick/`` folder for an architecture trained on
-    ``limit`` images or fewer ``epochs`` than its full run: a quick run never takes the names that
-    ``predict``, the notebooks and the drawing pad load.
-    """
-    paths = {}
-    for arch in archs:
-        quick = limit is not None or (epochs is not None and epochs < FULL_RUNS[arch].epochs)
-        folder = dataset_models_dir(dataset) / ("quick" if quick else "")
-        for seed in range(seeds):
-            paths[arch, seed] = folder / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
-    return paths
 
 
 def _models(args) -> int:
@@ -518,10 +502,10 @@ def _add_evaluate_command(commands) -> None:
 def _evaluate(args) -> int:
     from . import data, evaluation, reports
     from .checkpoints import normalization
-    from .export import load_model
     from .training import pick_device
+    from .zoo import best_checkpoint, load_model
 
-    paths = args.model or [evaluation.best_checkpoint(log=_warn, dataset=args.dataset or "mnist")]
+    paths = args.model or [best_checkpoint(log=_warn, dataset=args.dataset or "mnist")]
     device = pick_device(args.device)
     limit = args.limit or (1000 if smoke_test() else None)
     loaded = [(path, *load_model(path, device)) for path in paths]  # a checkpoint or an exported .onnx
@@ -592,21 +576,20 @@ def _add_predict_command(commands) -> None:
 def _predict(args) -> int:
     import json
 
-    from . import evaluation
     from .checkpoints import normalization, require_dataset
     from .errors import ImageError
-    from .export import load_model
     from .inference import read_image
     from .preprocess import load_image
+    from .zoo import best_checkpoint, load_model, recorded_accuracy
 
-    paths = args.model or [evaluation.best_checkpoint(log=_warn)]
+    paths = args.model or [best_checkpoint(log=_warn)]
     members, described = [], []
     for path in paths:
         model, info = load_model(path, "cpu")  # a checkpoint or an exported .onnx (ONNX Runtime)
         require_dataset(info, path, "mnist", "predict reads drawn digits (cropped, scaled and centred like MNIST's); "
                         f"measure it with `python -m digitlib evaluate --model {path}`")
         members.append((model, *normalization(info, path)))
-        recorded = evaluation.recorded_accuracy(info)
+        recorded = recorded_accuracy(info)
         accuracy = f", {recorded[0]} accuracy {recorded[1]:.2%}" if recorded else ""
         described.append(f"{path} ({info['arch']}{accuracy})")
     results, failed = [], 0

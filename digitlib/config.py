@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -126,6 +126,35 @@ def dataset_models_dir(dataset: str = "mnist", quick: bool | None = None) -> Pat
     """
     folder = models_dir(quick)
     return folder if dataset == "mnist" else folder / dataset
+
+
+def trained_path(arch: str, dataset: str = "mnist", quick: bool | None = None) -> Path:
+    """The trained ``arch`` model that notebooks, ``predict`` and the drawing pad load:
+    ``dataset_models_dir(dataset, quick)/<arch>.pt``."""
+    return dataset_models_dir(dataset, quick) / f"{arch}.pt"
+
+
+def standin_path(arch: str, dataset: str = "mnist", quick: bool | None = None) -> Path:
+    """Where the small stand-in for a missing trained ``arch`` lives: a ``standin/`` folder beside
+    :func:`trained_path`, so that it is never taken for the trained model."""
+    return dataset_models_dir(dataset, quick) / "standin" / f"{arch}.pt"
+
+
+def model_set_paths(archs: Sequence[str], seeds: int, dataset: str = "mnist", limit: int | None = None,
+                    epochs: int | None = None) -> dict[tuple[str, int], Path]:
+    """{(arch, seed): checkpoint path} of the model set that `models` trains (seed 0 is also `train`'s default).
+
+    Under ``dataset_models_dir(dataset)``, or its ``quick/`` folder for an architecture trained on
+    ``limit`` images or fewer ``epochs`` than its full run: a quick run never takes the names that
+    ``predict``, the notebooks and the drawing pad load.
+    """
+    paths = {}
+    for arch in archs:
+        quick = limit is not None or (epochs is not None and epochs < FULL_RUNS[arch].epochs)
+        folder = dataset_models_dir(dataset) / ("quick" if quick else "")
+        for seed in range(seeds):
+            paths[arch, seed] = folder / (f"{arch}.pt" if seed == 0 else f"seeds/{arch}-seed{seed}.pt")
+    return paths
 
 
 def checkpoint_path(

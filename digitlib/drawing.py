@@ -54,10 +54,10 @@ class PadModel(NamedTuple):
 def load_models(
     archs: Sequence[str] = ("cnn", "resnet"), log: Callable[[str], None] | None = print, **train_kwargs
 ) -> dict[str, PadModel]:
-    """{"CNN": PadModel, "ResNet": PadModel}: each from ``dl.training.load_or_train`` (loads
+    """{"CNN": PadModel, "ResNet": PadModel}: each from ``dl.zoo.load_or_train`` (loads
     ``models_dir()/<arch>.pt``, or trains a small model there first and says so through ``log``)."""
     from .checkpoints import normalization
-    from .training import load_or_train
+    from .zoo import load_or_train
 
     models = {}
     for arch in archs:

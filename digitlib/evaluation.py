@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .errors import CheckpointError, DigitlibError
 from .runtime import batch_to, model_device, pick_device
 
 if TYPE_CHECKING:  # pandas and scikit-learn load only when a table or a report is asked for
@@ -181,55 +180,6 @@ def as_drawing(image, side: int = 280) -> Image.Image:
 
 
 # --- Which checkpoint to use -------------------------------------------------------------------
-
-
-def recorded_accuracy(info: dict) -> tuple[str, float] | None:
-    """("test" or "val", accuracy) recorded in a checkpoint's metrics, test preferred; None if neither."""
-    metrics = info.get("metrics") or {}
-    for split in ("test", "val"):
-        if metrics.get(f"{split}_accuracy") is not None:
-            return split, float(metrics[f"{split}_accuracy"])
-    return None
-
-
-def best_checkpoint(
-    folder: str | os.PathLike | None = None, log: Callable[[str], None] | None = None, dataset: str = "mnist"
-) -> Path:
-    """The checkpoint of ``dataset`` in ``folder`` with the highest recorded accuracy.
-
-    ``folder`` defaults to ``dataset_models_dir(dataset)`` (``models/``, or ``models/fashion/``); its
-    subfolders are not searched. Test accuracy where recorded, else validation accuracy. Checkpoints
-    trained on another dataset are passed over: a Fashion-MNIST model never reads digits. Every file is
-    read and checked (``checkpoints.read_checkpoint``: metrics, history and every other recorded field,
-    plus a usable normalisation): one that fails is skipped, and ``log`` is told which and why, so a
-    damaged file that is not the best one cannot stop ``predict``, and a crafted one claiming 150 %
-    is never chosen. Raises :class:`CheckpointError` when none is usable.
-    """
-    from .checkpoints import normalization, read_checkpoint
-    from .config import dataset_models_dir
-    from .data import dataset_info, dataset_of
-
-    info = dataset_info(dataset)
-    folder = Path(folder) if folder is not None else dataset_models_dir(info.name)
-    scored = []
-    for path in sorted(folder.glob("*.pt")):
-        try:
-            checkpoint = read_checkpoint(path)
-            normalization(checkpoint, path)
-            recorded = recorded_accuracy(checkpoint) if dataset_of(checkpoint) == info.name else None
-        except DigitlibError as error:
-            if log:
-                log(f"skipped {path}: {error}")
-            continue
-        if recorded is not None:
-            scored.append((recorded[1], path))
-    if not scored:
-        if info.name == "mnist":
-            what, train = "", "`python -m digitlib train` (or run notebook 03)"
-        else:
-            what, train = f"{info.title} ", f"`python -m digitlib train --dataset {info.name}`"
-        raise CheckpointError(f"no usable {what}checkpoint in {folder}: train one with {train}, or pass --model PATH.")
-    return max(scored, key=lambda item: item[0])[1]
 
 
 def file_size_mb(path: str | os.PathLike) -> float:

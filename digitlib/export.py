@@ -379,21 +379,6 @@ def is_onnx_path(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, info) from a digitlib checkpoint or an exported ``.onnx`` file.
-
-    Checkpoints load with :func:`digitlib.checkpoints.load_checkpoint` onto ``device``; ONNX files run
-    on the CPU with ONNX Runtime whatever ``device`` says (inputs on another device are copied).
-    Either way the model takes normalised images and returns log probabilities, and ``info`` has the
-    same fields (``arch``, ``normalization``, ``metrics``, ...).
-    """
-    if is_onnx_path(path):
-        return load_onnx(path)
-    from .checkpoints import load_checkpoint
-
-    return load_checkpoint(path, device)
-
-
 # --- Measuring the four variants -----------------------------------------------------------------
 
 

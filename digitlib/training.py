@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, NotRequired, TypedDict, cast
 
 import torch
@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 
 from . import runstate
 from .checkpoint_checks import HISTORY_KEYS
-from .config import CLIP_NORM, TrainConfig, run_config
+from .config import CLIP_NORM, TrainConfig
 from .errors import TrainingError
-from .runtime import amp_dtype, autocast, batch_to, model_device, pick_device, seed_everything
+from .runtime import amp_dtype, autocast, batch_to, model_device, pick_device
 
 
 class History(TypedDict):
@@ -331,57 +331,3 @@ def check_config(config: TrainConfig, train_loader=None) -> None:
         )
 
 
-def load_or_train(
-    arch: str,
-    path: str | os.PathLike | None = None,
-    epochs: int = 2,
-    train_limit: int = 6000,
-    device: str | torch.device | None = None,
-    log: Callable[[str], None] | None = print,
-    dataset: str = "mnist",
-    quick: bool | None = None,
-):
-    """(model in eval mode on ``device``, checkpoint info) for notebooks 04-09 and the drawing pad.
-
-    Loads ``path``, by default ``<arch>.pt`` in ``dataset_models_dir(dataset, quick)`` (``models/``,
-    ``models/fashion/``, or their quick ``smoke/`` folder: a quick notebook reads what quick runs wrote).
-    When no path is given and that file does not exist, uses a small stand-in instead, kept apart in
-    ``standin/<arch>.pt`` there so it is never taken for the full model: trained once (``train_limit``
-    images, ``epochs``, no augmentation) and then reused. ``info["standin"]`` is True for it, and ``log``
-    says so. A checkpoint trained on another dataset than ``dataset`` is refused.
-    """
-    from .config import dataset_models_dir
-    from .data import dataset_info, load_splits
-    from .loaders import make_loaders
-    from .models import build_model
-
-    folder = dataset_models_dir(dataset_info(dataset).name, quick)
-    full = folder / f"{arch}.pt"
-    if path is not None or full.exists():
-        return _load_for(dataset, path if path is not None else full, device, arch)
-    standin = folder / "standin" / f"{arch}.pt"
-    if log:
-        log(f"no fully trained {arch} at {full}: using a small stand-in ({train_limit:,} images, {epochs} epochs), "
-            f"{'trained just now' if not standin.exists() else 'trained earlier'} at {standin}")
-    if not standin.exists():
-        from .checkpoints import run_metadata
-
-        seed_everything(0)
-        splits = load_splits(seed=0, train_limit=train_limit, test_limit=1000, dataset=dataset)
-        config = replace(run_config(arch, quick=True), epochs=epochs, batch_size=64)
-        train_loader, val_loader, _ = make_loaders(splits, config.batch_size, augment="none",
-                                                   device=pick_device(device))
-        fit(
-            build_model(arch), train_loader, val_loader, config, device=device, checkpoint=standin,
-            metadata={**run_metadata(splits, seed=0, augment="none"), "standin": True}, progress=False, log=None,
-        )
-    return _load_for(dataset, standin, device, arch)
-
-
-def _load_for(dataset: str, path: str | os.PathLike, device, arch: str):
-    """load_checkpoint, refusing a checkpoint trained on another dataset (old ones without a record are MNIST's)."""
-    from .checkpoints import load_checkpoint, require_dataset
-
-    model, info = load_checkpoint(path, device=pick_device(device), arch=arch)
-    require_dataset(info, path, dataset)
-    return model, info

@@ -242,11 +242,11 @@ def test_a_skipped_checkpoint_is_named(trained_checkpoints, tmp_path, monkeypatc
 def test_stand_in_models_never_take_the_full_models_name(tmp_path, monkeypatch):
     use_models_folder(monkeypatch, tmp_path)
     messages = []
-    _, info = dl.training.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
+    _, info = dl.zoo.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
     assert info["standin"] is True and "stand-in" in messages[0]
     assert (tmp_path / "standin" / "cnn.pt").exists() and not (tmp_path / "cnn.pt").exists()
     with pytest.raises(dl.CheckpointError, match="no usable checkpoint"):
-        dl.evaluation.best_checkpoint()  # predict never picks a stand-in for the full model
+        dl.zoo.best_checkpoint()  # predict never picks a stand-in for the full model
 
 
 def test_import_digitlib_stays_light():
@@ -352,13 +352,13 @@ def test_reduced_runs_are_quick_runs():
     cnn_epochs = dl.config.FULL_RUNS["cnn"].epochs
     assert cnn_epochs < dl.config.FULL_RUNS["resnet"].epochs
     # the CNN's full run, not the ResNet's
-    paths = dl.cli.model_set_paths(["cnn", "resnet"], 2, "mnist", None, cnn_epochs)
+    paths = dl.config.model_set_paths(["cnn", "resnet"], 2, "mnist", None, cnn_epochs)
     root = dl.config.dataset_models_dir("mnist")
     assert paths == {("cnn", 0): root / "cnn.pt", ("cnn", 1): root / "seeds" / "cnn-seed1.pt",
                      ("resnet", 0): root / "quick" / "resnet.pt",
                      ("resnet", 1): root / "quick" / "seeds" / "resnet-seed1.pt"}
-    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", 2000)[("cnn", 0)] == root / "quick" / "cnn.pt"
-    assert dl.cli.model_set_paths(["cnn"], 1, "mnist", None, 5)[("cnn", 0)] == root / "quick" / "cnn.pt"
+    assert dl.config.model_set_paths(["cnn"], 1, "mnist", 2000)[("cnn", 0)] == root / "quick" / "cnn.pt"
+    assert dl.config.model_set_paths(["cnn"], 1, "mnist", None, 5)[("cnn", 0)] == root / "quick" / "cnn.pt"
 
 
 def test_a_model_set_checkpoint_trained_otherwise_is_neither_skipped_nor_replaced(tiny_checkpoint, tmp_path,

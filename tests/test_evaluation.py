@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import use_models_folder
 
+import digitlib as dl
 from digitlib import data, evaluation
 from digitlib.checkpoints import load_checkpoint, update_checkpoint
 from digitlib.errors import CheckpointError
@@ -141,9 +142,9 @@ def test_as_drawing_is_dark_ink_on_white(small_splits):
 
 
 def test_recorded_accuracy_prefers_test_to_validation():
-    assert evaluation.recorded_accuracy({"metrics": {"val_accuracy": 0.9, "test_accuracy": 0.95}}) == ("test", 0.95)
-    assert evaluation.recorded_accuracy({"metrics": {"val_accuracy": 0.9}}) == ("val", 0.9)
-    assert evaluation.recorded_accuracy({}) is None
+    assert dl.zoo.recorded_accuracy({"metrics": {"val_accuracy": 0.9, "test_accuracy": 0.95}}) == ("test", 0.95)
+    assert dl.zoo.recorded_accuracy({"metrics": {"val_accuracy": 0.9}}) == ("val", 0.9)
+    assert dl.zoo.recorded_accuracy({}) is None
 
 
 def test_best_checkpoint_picks_the_highest_recorded_accuracy(trained_checkpoints, tmp_path):
@@ -151,15 +152,15 @@ def test_best_checkpoint_picks_the_highest_recorded_accuracy(trained_checkpoints
     update_checkpoint(paths["cnn"], metrics={"val_accuracy": 0.95})
     update_checkpoint(paths["resnet"], metrics={"val_accuracy": 0.97})
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")  # skipped, not fatal
-    assert evaluation.best_checkpoint(tmp_path) == tmp_path / "resnet.pt"
+    assert dl.zoo.best_checkpoint(tmp_path) == tmp_path / "resnet.pt"
     update_checkpoint(paths["cnn"], metrics={"val_accuracy": 0.95, "test_accuracy": 0.99})
-    assert evaluation.best_checkpoint(tmp_path) == tmp_path / "cnn.pt"
+    assert dl.zoo.best_checkpoint(tmp_path) == tmp_path / "cnn.pt"
 
 
 def test_best_checkpoint_defaults_to_the_models_folder(trained_checkpoints, tmp_path, monkeypatch):
     shutil.copy(trained_checkpoints["cnn"], tmp_path / "cnn.pt")
     use_models_folder(monkeypatch, tmp_path)
-    assert evaluation.best_checkpoint() == tmp_path / "cnn.pt"
+    assert dl.zoo.best_checkpoint() == tmp_path / "cnn.pt"
 
 
 @pytest.mark.parametrize("contents", [None, b"garbage"], ids=["empty", "only-garbage"])
@@ -167,7 +168,7 @@ def test_best_checkpoint_without_a_usable_one_says_what_to_do(tmp_path, contents
     if contents is not None:
         (tmp_path / "cnn.pt").write_bytes(contents)
     with pytest.raises(CheckpointError, match="no usable checkpoint") as error:
-        evaluation.best_checkpoint(tmp_path)
+        dl.zoo.best_checkpoint(tmp_path)
     assert str(tmp_path) in str(error.value) and "python -m digitlib train" in str(error.value)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import run
 
+import digitlib as dl
 from digitlib import bench, data, evaluation, export, runtime
 from digitlib.checkpoints import load_checkpoint, normalization, update_checkpoint
 from digitlib.errors import CheckpointError, DigitlibError
@@ -42,7 +43,7 @@ def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("arch", ARCHS)
 def test_onnx_fp32_gives_pytorch_logits(arch, trained_checkpoints, exported, small_splits):
     model, info = load_checkpoint(trained_checkpoints[arch])
-    onnx_model, onnx_info = export.load_model(exported[arch][0])
+    onnx_model, onnx_info = dl.zoo.load_model(exported[arch][0])
     x = _test_batch(info, trained_checkpoints[arch], small_splits)
     with torch.inference_mode():
         expected, got = model(x), onnx_model(x)
@@ -65,7 +66,7 @@ def test_int8_agrees_with_fp32(arch, trained_checkpoints, exported, small_splits
     mean, std = normalization(info, trained_checkpoints[arch])
     x, labels = _test_batch(info, trained_checkpoints[arch], small_splits), small_splits.test_labels
     torch_int8 = export.quantize_torch(model, export.calibration_images(mean, std, 500))
-    onnx_int8, int8_info = export.load_model(exported[arch][1])
+    onnx_int8, int8_info = dl.zoo.load_model(exported[arch][1])
     with torch.inference_mode():
         fp32, by_torch, by_onnx = model(x), torch_int8(x), onnx_int8(x)
     for quantized in (by_torch, by_onnx):
@@ -82,7 +83,7 @@ def test_metadata_keeps_the_checkpoint_fields(trained_checkpoints, tmp_path):
     shutil.copy(trained_checkpoints["cnn"], checkpoint)
     update_checkpoint(checkpoint, temperature=1.37, data={"dataset": "mnist", "train_limit": 6000})
     _, info = load_checkpoint(checkpoint)
-    _, onnx_info = export.load_model(export.export_checkpoint(checkpoint, tmp_path / "cnn.onnx"))
+    _, onnx_info = dl.zoo.load_model(export.export_checkpoint(checkpoint, tmp_path / "cnn.onnx"))
     assert normalization(onnx_info, "x") == normalization(info, "x")  # exactly: JSON keeps a float's every digit
     assert onnx_info["temperature"] == 1.37 and onnx_info["data"]["dataset"] == "mnist"
     assert onnx_info["metrics"] == info["metrics"] and onnx_info["seed"] == info["seed"]
@@ -103,7 +104,7 @@ def test_metadata_round_trip_by_itself():
 
 
 def test_onnx_runtime_follows_torch_threads(exported, small_splits):
-    model, info = export.load_model(exported["cnn"][0])
+    model, info = dl.zoo.load_model(exported["cnn"][0])
     drawing = evaluation.as_drawing(small_splits.test_images[0])
     latency = bench.single_image_latency(model, drawing, *normalization(info, "x"), repeats=5, warmup=2, threads=1)
     assert latency["threads"] == 1 and model.threads == 1 and latency["forward_ms"] > 0
@@ -151,7 +152,7 @@ def test_cli_refuses_to_overwrite(trained_checkpoints, tmp_path, capsys):
     assert status == 2 and "--force" in stderr and stderr.count("\n") == 1
     assert out.read_bytes() == b"keep me"
     status, _, _ = run(["export", "--model", trained_checkpoints["cnn"], "--out", out, "--force"], capsys)
-    assert status == 0 and export.load_model(out)[1]["arch"] == "cnn"
+    assert status == 0 and dl.zoo.load_model(out)[1]["arch"] == "cnn"
 
 
 @pytest.mark.parametrize("name", ["model.pt", "cnn.pt"])
@@ -172,7 +173,7 @@ def test_damaged_onnx_is_one_line(tmp_path, content, capsys):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(content)
     with pytest.raises(CheckpointError):
-        export.load_model(broken)
+        dl.zoo.load_model(broken)
     status, stdout, stderr = run(["evaluate", "--model", broken, "--repeats", "0"], capsys)
     assert status == 2 and stderr.startswith("error: ") and stderr.count("\n") == 1 and str(broken) in stderr
 
@@ -197,7 +198,7 @@ def test_export_checkpoint_rejects_unknown_format(trained_checkpoints, tmp_path)
 
 def test_measure_variants_reports_each_variant(trained_checkpoints, exported, small_splits):
     model, info = load_checkpoint(trained_checkpoints["cnn"])
-    onnx_model, _ = export.load_model(exported["cnn"][0])
+    onnx_model, _ = dl.zoo.load_model(exported["cnn"][0])
     images, labels = small_splits.test_images[:100], small_splits.test_labels[:100]
     rows = export.measure_variants({"fp32": (model, 1.0), "onnx": (onnx_model, 2.0)}, images, labels,
                                    *normalization(info, "x"), "cnn", repeats=3, rounds=2)
@@ -244,13 +245,13 @@ def crafted_onnx(path, side: int = 28, classes: int = 10, batch: int | str = "N"
 
 
 def test_a_crafted_onnx_file_with_the_right_shapes_loads(tmp_path):
-    model, info = export.load_model(crafted_onnx(tmp_path / "ok.onnx"))
+    model, info = dl.zoo.load_model(crafted_onnx(tmp_path / "ok.onnx"))
     assert info["metrics"]["test_accuracy"] == 0.99
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
 
 
 def test_a_graph_made_for_one_image_reads_batches_one_image_at_a_time(tmp_path):
-    model, _ = export.load_model(crafted_onnx(tmp_path / "one.onnx", batch=1))
+    model, _ = dl.zoo.load_model(crafted_onnx(tmp_path / "one.onnx", batch=1))
     images = torch.randn(3, 1, 28, 28)
     assert torch.equal(model(images), torch.cat([model(image) for image in images.split(1)]))
 
@@ -275,7 +276,7 @@ def test_a_graph_made_for_one_image_reads_batches_one_image_at_a_time(tmp_path):
 def test_a_crafted_onnx_file_is_refused_with_one_line(tmp_path, capsys, craft, message):
     path = crafted_onnx(tmp_path / "crafted.onnx", **craft)
     with pytest.raises(CheckpointError, match=message):
-        export.load_model(path)
+        dl.zoo.load_model(path)
     image = tmp_path / "seven.png"
     evaluation.as_drawing(data.load_mnist(train=False)[0][0]).save(image)
     for argv in (["predict", image, "--model", path], ["evaluate", "--model", path, "--limit", "10", "--repeats", "0"]):

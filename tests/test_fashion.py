@@ -98,7 +98,7 @@ def test_each_dataset_has_its_own_folders(monkeypatch, tmp_path):
     assert dl.datafiles.raw_dir() == tmp_path / "data" / "MNIST" / "raw"
     assert config.dataset_models_dir("mnist") == tmp_path / "models"
     assert config.dataset_models_dir("fashion") == tmp_path / "models" / "fashion"
-    assert dl.cli.model_set_paths(["cnn"], 2, "fashion") == {
+    assert dl.config.model_set_paths(["cnn"], 2, "fashion") == {
         ("cnn", 0): tmp_path / "models" / "fashion" / "cnn.pt",
         ("cnn", 1): tmp_path / "models" / "fashion" / "seeds" / "cnn-seed1.pt",
     }
@@ -264,8 +264,8 @@ def test_a_dataset_mismatch_is_one_line(fashion_checkpoint, tmp_path, capsys):
                    f"dataset at a time ({fashion_checkpoint} was trained on Fashion-MNIST)\n")
 
     with pytest.raises(CheckpointError, match="was trained on Fashion-MNIST, not MNIST"):
-        dl.training.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None)
-    _, info = dl.training.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None, dataset="fashion")
+        dl.zoo.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None)
+    _, info = dl.zoo.load_or_train("cnn", fashion_checkpoint, device="cpu", log=None, dataset="fashion")
     assert info["data"]["dataset"] == "fashion"
 
 
@@ -304,10 +304,10 @@ def test_best_checkpoint_never_takes_a_fashion_model_for_digits(fashion_checkpoi
     update_checkpoint(digits, data={"dataset": "mnist"}, metrics={"test_accuracy": 0.5})
     shutil.copy(fashion_checkpoint, clothes)  # beside the digit model, with a higher accuracy
     update_checkpoint(clothes, metrics={"test_accuracy": 0.9})
-    assert dl.evaluation.best_checkpoint() == digits
-    assert dl.evaluation.best_checkpoint(tmp_path, dataset="fashion") == clothes
+    assert dl.zoo.best_checkpoint() == digits
+    assert dl.zoo.best_checkpoint(tmp_path, dataset="fashion") == clothes
     with pytest.raises(CheckpointError) as error:  # models/fashion/ has none yet
-        dl.evaluation.best_checkpoint(dataset="fashion")
+        dl.zoo.best_checkpoint(dataset="fashion")
     assert str(error.value) == (
         f"no usable Fashion-MNIST checkpoint in {tmp_path / 'fashion'}: train one with "
         "`python -m digitlib train --dataset fashion`, or pass --model PATH."

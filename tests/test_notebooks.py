@@ -207,7 +207,7 @@ def test_the_test_set_check_catches_a_choice_on_test_data():
 # block and batch norm. A notebook calls digitlib's training, model, loader and checkpoint code only
 # once a notebook up to its own has taught it.
 
-TAUGHT_MODULES = ("training", "models", "loaders", "checkpoints")
+TAUGHT_MODULES = ("training", "models", "loaders", "checkpoints", "zoo")
 
 #: The notebook, by number, that teaches each name: builds it by hand first, or explains it before use.
 TAUGHT_IN = {
@@ -230,7 +230,8 @@ TAUGHT_IN = {
     "dl.models.BasicBlock": 4,             # the residual block, its fallback and its projection
     "dl.models.DigitResNet": 4,
     "dl.models.build_model": 4,            # either model by name, once both are taught
-    "dl.training.load_or_train": 4,        # the trained checkpoint of an earlier notebook
+    "dl.zoo.load_or_train": 4,             # the trained checkpoint of an earlier notebook
+    "dl.zoo.load_model": 9,                # a checkpoint or an exported ONNX file, alike
     "dl.checkpoints.normalization": 4,
 }
 
@@ -238,7 +239,7 @@ TAUGHT_IN = {
 LOOKING_AHEAD = {
     "solutions/01_data_exploration.ipynb": {  # exercise 6: check an augmentation limit with a model (notebook 03)
         "dl.training.fit", "dl.models.DigitCNN", "dl.loaders.make_loaders", "dl.loaders.DeviceLoader",
-        "dl.training.load_or_train", "dl.checkpoints.normalization",
+        "dl.zoo.load_or_train", "dl.checkpoints.normalization",
     },
 }
 

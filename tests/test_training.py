@@ -191,20 +191,20 @@ def test_resume_needs_a_checkpoint(tiny_loaders, tmp_path):
 def test_load_or_train_trains_a_stand_in_once_then_loads(tmp_path, monkeypatch):
     use_models_folder(monkeypatch, tmp_path)
     messages = []
-    model, info = dl.training.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
+    model, info = dl.zoo.load_or_train("cnn", epochs=1, train_limit=600, device="cpu", log=messages.append)
     standin = tmp_path / "standin" / "cnn.pt"
     assert len(messages) == 1 and "using a small stand-in" in messages[0] and "trained just now" in messages[0]
     assert standin.exists() and info["standin"] is True
     assert not model.training and info["arch"] == "cnn" and info["epochs_completed"] == 1
-    again, _ = dl.training.load_or_train("cnn", device="cpu", log=messages.append)
+    again, _ = dl.zoo.load_or_train("cnn", device="cpu", log=messages.append)
     assert "trained earlier" in messages[1]  # loaded, not trained again
     assert same_weights(weights(again), weights(model))
 
     (tmp_path / "cnn.pt").write_bytes(standin.read_bytes())  # now a "full" model exists: it wins, silently
-    _, full_info = dl.training.load_or_train("cnn", device="cpu", log=messages.append)
+    _, full_info = dl.zoo.load_or_train("cnn", device="cpu", log=messages.append)
     assert len(messages) == 2 and full_info["arch"] == "cnn"
     with pytest.raises(dl.CheckpointError, match="holds a 'cnn' model"):
-        dl.training.load_or_train("resnet", tmp_path / "cnn.pt", device="cpu", log=None)
+        dl.zoo.load_or_train("resnet", tmp_path / "cnn.pt", device="cpu", log=None)
 
 
 @pytest.mark.parametrize("options", [{}, {"ema_decay": 0.9, "label_smoothing": 0.1}])
