@@ -23,6 +23,8 @@ from . import __version__
 from .config import (
     DATASET_NAMES,
     FULL_RUNS,
+    QUICK_TEST_IMAGES,
+    QUICK_TRAIN_IMAGES,
     REFERENCE_BATCH_SIZE,
     START_LR,
     TrainConfig,
@@ -168,8 +170,8 @@ def _run_job(job: _Job, resume: bool, record: str | None, command_line: list[str
     if not resume:
         check_writable(job.out)  # before the data is loaded and hours are spent
     runtime.seed_everything(job.seed)
-    splits = data.load_splits(seed=job.split_seed, train_limit=job.limit, test_limit=1000 if job.limit else None,
-                              dataset=job.dataset)
+    splits = data.load_splits(seed=job.split_seed, train_limit=job.limit,
+                              test_limit=QUICK_TEST_IMAGES if job.limit else None, dataset=job.dataset)
     train_loader, val_loader, test_loader = loaders.make_loaders(
         splits, job.config.batch_size, augment=job.augment, device=device, num_workers=job.workers, seed=job.seed
     )
@@ -215,7 +217,7 @@ def _run_job(job: _Job, resume: bool, record: str | None, command_line: list[str
 
 def _train_limit(limit: int | None) -> int | None:
     """The training images a run uses: ``--limit``, else 2,000 in smoke mode, else None (all)."""
-    return limit or (2000 if smoke_test() else None)
+    return limit or (QUICK_TRAIN_IMAGES if smoke_test() else None)
 
 
 def _what_was_kept(out: Path, ours: bool, again: str) -> str:
@@ -390,7 +392,9 @@ def _add_bench_command(commands) -> None:
 def _bench(args) -> int:
     from . import bench, data, reports, runtime
 
-    splits = data.load_splits(train_limit=2000 if smoke_test() else None, test_limit=1000 if smoke_test() else None)
+    quick = smoke_test()
+    splits = data.load_splits(train_limit=QUICK_TRAIN_IMAGES if quick else None,
+                              test_limit=QUICK_TEST_IMAGES if quick else None)
     print(f"CPU threading: {runtime.thread_settings()}")
     print(reports.bench_header())
     for arch, augment, batch_size, workers, threads in itertools.product(
@@ -507,7 +511,7 @@ def _evaluate(args) -> int:
 
     paths = args.model or [best_checkpoint(log=_warn, dataset=args.dataset or "mnist")]
     device = pick_device(args.device)
-    limit = args.limit or (1000 if smoke_test() else None)
+    limit = args.limit or (QUICK_TEST_IMAGES if smoke_test() else None)
     loaded = [(path, *load_model(path, device)) for path in paths]  # a checkpoint or an exported .onnx
     dataset = _checkpoints_dataset(loaded, args.dataset)
     images, labels = data.load_dataset(dataset, train=False)
@@ -668,7 +672,7 @@ def _compare_exports(args) -> int:
     from . import reports
     from .export import compare_variants
 
-    limit = args.limit or (1000 if smoke_test() else None)
+    limit = args.limit or (QUICK_TEST_IMAGES if smoke_test() else None)
     with tempfile.TemporaryDirectory() as folder:
         rows = compare_variants(args.model, folder, limit, args.calibration, repeats=20 if smoke_test() else 200)
     print(reports.export_comparison(rows, limit))

@@ -81,6 +81,10 @@ FULL_RUNS: dict[str, TrainConfig] = {
 }
 #: Epochs of a quick run (smoke mode, stand-ins): enough to see the loss fall, in seconds.
 QUICK_EPOCHS = 2
+#: The command line's quick sizes (smoke mode, or any run on a training limit): training images taken
+#: before the split, and the first test images a quick run is measured on.
+QUICK_TRAIN_IMAGES = 2000
+QUICK_TEST_IMAGES = 1000
 
 
 def run_config(arch: str, quick: bool = False) -> TrainConfig:

@@ -22,6 +22,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from .config import QUICK_TEST_IMAGES
+
 #: The record fields the table reads (a file without them is refused by :func:`load_records`).
 RECORD_KEYS = ("recipe", "command", "settings", "seed", "val_accuracy_per_epoch", "val_accuracy", "test_accuracy",
                "seconds", "machine", "torch", "date")
@@ -55,7 +57,8 @@ def checkpoint_accuracy(path: str | os.PathLike, shifts: Sequence[tuple[int, int
 
     model, info = load_checkpoint(path, device="cpu")
     limit = info.get("data", {}).get("train_limit")
-    splits = load_splits(seed=split_seed_of(info), train_limit=limit, test_limit=1000 if limit else None,
+    splits = load_splits(seed=split_seed_of(info), train_limit=limit,
+                         test_limit=QUICK_TEST_IMAGES if limit else None,
                          dataset=dataset_of(info))
     mean, std = normalization(info, path)
     accuracy = {}
@@ -156,7 +159,7 @@ def _test_set(record: dict):
     data = record.get("data", {})
     images, labels = load_dataset(data.get("dataset", "mnist"), train=False)
     if data.get("train_limit"):  # a quick run's test set, as checkpoint_accuracy measured its members on
-        images, labels = images[:1000], labels[:1000]
+        images, labels = images[:QUICK_TEST_IMAGES], labels[:QUICK_TEST_IMAGES]
     return images, labels
 
 
