@@ -6,7 +6,8 @@
 #   make book      set up the book, then build the course as a website into build/book/ (QUICK=1: quick mode, build/book-quick/)
 #   make figures   build the book, then copy its key figures, small, to docs/ for the README (QUICK=1 from the quick book)
 #   make app       set up the app, then serve the drawing pad app (app/drawing_pad.ipynb) on localhost with Voila
-#   make models    set up the core, then train both models with the full-run settings (SEEDS=5 for an ensemble)
+#   make models    set up the core, train both models with the full-run settings over SEEDS seeds, and record
+#                  their ensembles (each model's seeds, both models', and the one chosen on validation)
 
 PYTHON ?= python3
 VENV := .venv
@@ -83,7 +84,9 @@ figures: book
 
 models: data
 	$(BIN)/python -m digitlib models --seeds $(SEEDS) --record models
-	$(BIN)/python -m digitlib results
+	$(BIN)/python -m digitlib results --ensemble models-cnn > /dev/null
+	$(BIN)/python -m digitlib results --ensemble models-resnet > /dev/null
+	$(BIN)/python -m digitlib results --ensemble models-cnn models-resnet
 
 # The pad alone, no code. Voila reads app/voila.py from its working folder (template, port, kernel
 # shutdown and culling) and finds the app's template, which loads nothing from other hosts, through JUPYTER_PATH.
