@@ -75,7 +75,8 @@ class TrainConfig:
 #: (its table generated from the runs' records) is the evidence for each.
 FULL_RUNS: dict[str, TrainConfig] = {
     # No label smoothing, although it won on validation (docs/results.md): it caps a model's top
-    # probabilities near 0.9, where confidence.MIN_CONFIDENCE refuses real digits as "not a digit?".
+    # probabilities near 0.9, close to confidence.MIN_CONFIDENCE (0.85), where the rule refuses real digits as
+    # "not a digit?" (measured at 0.90 with a quick-mode model: docs/results.md).
     "cnn": TrainConfig(epochs=6, max_lr=3e-3),
     "resnet": TrainConfig(epochs=10, max_lr=1e-2),
 }
