@@ -186,11 +186,14 @@ def _ensemble(members: Sequence[dict], weights: Sequence[int], suffix: str, seed
     except ValueError:
         val_accuracy = None
     recipes = "+".join(dict.fromkeys(run["recipe"] for run in members))
+    epochs = sorted({run["settings"].get("epochs") for run in members}, key=str)
     return {
         "recipe": f"{recipes}{suffix}", "kind": "ensemble",
         "members": [run["checkpoint"] for run in members], "weights": list(weights),
         "command": "python -m digitlib evaluate --model " + " ".join(run["checkpoint"] for run in members),
-        "settings": members[0]["settings"], "data": members[0].get("data", {}), "seed": seeds,
+        # The members' epochs: "6/10" for an ensemble of two recipes.
+        "settings": {**members[0]["settings"], "epochs": epochs[0] if len(epochs) == 1 else "/".join(map(str, epochs))},
+        "data": members[0].get("data", {}), "seed": seeds,
         "val_accuracy_per_epoch": [], "val_accuracy": val_accuracy, "test_accuracy": accuracy(*_test_set(members[0])),
         "evaluation": "fp32, saved checkpoints, CPU, weighted mean of probabilities",
         "seconds": sum(run["seconds"] for run in members),
