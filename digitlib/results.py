@@ -186,7 +186,7 @@ def _ensemble(members: Sequence[dict], weights: Sequence[int], suffix: str, seed
     except ValueError:
         val_accuracy = None
     recipes = "+".join(dict.fromkeys(run["recipe"] for run in members))
-    epochs = sorted({run["settings"].get("epochs") for run in members}, key=lambda epochs: (str(epochs).zfill(6)))
+    epochs = sorted({run["settings"].get("epochs") for run in members}, key=lambda value: str(value).zfill(6))
     return {
         "recipe": f"{recipes}{suffix}", "kind": "ensemble",
         "members": [run["checkpoint"] for run in members], "weights": list(weights),
