@@ -255,8 +255,10 @@ def finish(app, exception):
         return
     outdir = Path(app.outdir)
     front = f"{app.config.root_doc}.html"
+    # The icon too: without it Chromium may ask for /favicon.ico, which is not there, before it moves on.
+    icon = f'<link rel="icon" href="_static/{Path(app.config.html_favicon).name}">' if app.config.html_favicon else ""
     (outdir / "index.html").write_text(
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{app.config.project}</title>'
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{app.config.project}</title>{icon}'
         f'<meta http-equiv="refresh" content="0; url={front}"></head>'
         f'<body><a href="{front}">The course</a></body></html>\n')
     status = build_status(app)
