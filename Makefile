@@ -44,7 +44,7 @@ lab: $(VENV)/.installed-course data
 	$(BIN)/jupyter lab notebooks/
 
 lint: $(INSTALLED)
-	$(BIN)/ruff check digitlib tests notebooks app book
+	$(BIN)/ruff check digitlib tests notebooks app book tools
 	$(BIN)/mypy
 
 test: setup lint
