@@ -1,8 +1,8 @@
 """The not-a-digit rule for models of different recipes, each with a threshold chosen on its own validation digits.
 
 Notebook 08 (section 5) chooses the rule's confidence threshold for the course's default models. A recipe that
-changes how sure a model sounds (label smoothing moves the top probabilities of real digits from near 1 to near
-0.9) needs its own threshold. For every checkpoint given, this measures, as notebook 08 does:
+changes how sure a model sounds (label smoothing 0.1 trains towards 0.91 for the right digit, not 1) needs its own
+threshold. For every checkpoint given, this measures, as notebook 08 does:
 
 - the highest top-probability threshold (in steps of 0.01) that refuses at most
   ``confidence.DIGIT_REJECTION_BUDGET`` of the checkpoint's validation digits, after the shape checks;
@@ -33,36 +33,41 @@ from digitlib.errors import DigitlibError
 from digitlib.preprocess import to_mnist
 
 
-def pictures_of_every_kind(per_kind: int) -> dict[str, np.ndarray]:
-    """The test digits and each kind of non-digit, preprocessed as the pad and ``predict`` do."""
+def pictures_of_every_kind(per_kind: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The test digits and each kind of non-digit, preprocessed as the pad and ``predict`` do, each with the shape
+    checks' verdicts (they need no model, so they are made once)."""
     test_images, _ = dl.data.load_mnist(train=False)
     test_digits = test_images.numpy()
     fashion, _ = dl.data.load_dataset("fashion", train=False)
     pictures: dict[str, Iterable] = {"test digits": test_digits, "fashion": fashion.numpy()}
     for kind in confidence.NON_DIGIT_KINDS:
         pictures[kind] = confidence.non_digits(kind, per_kind, seed=0, digits=test_digits)
-    return {kind: np.stack([to_mnist(image) for image in images]) for kind, images in pictures.items()}
+    preprocessed = {kind: np.stack([to_mnist(image) for image in images]) for kind, images in pictures.items()}
+    return {kind: (images, confidence.shape_rejected(images)) for kind, images in preprocessed.items()}
 
 
 @torch.inference_mode()
 def top_probability(model: torch.nn.Module, normalization: tuple[float, float], pictures: np.ndarray) -> np.ndarray:
-    mean, std = normalization
-    x = ((torch.as_tensor(pictures) - mean) / std).unsqueeze(1)
+    x = dl.data.normalize(torch.as_tensor(pictures), *normalization).unsqueeze(1)  # float pictures keep (N, 28, 28)
     return confidence.raw_logits(model, x).softmax(1).max(1).values.numpy()
 
 
-def measure(path: Path, loaded: tuple[torch.nn.Module, dict], pictures: dict[str, np.ndarray],
-            validation: dict[int, np.ndarray]) -> dict[str, float]:
+def validation_digits(split_seed: int) -> np.ndarray:
+    """The validation digits of the split ``split_seed``, preprocessed like every other picture."""
+    return np.stack([to_mnist(image) for image in dl.data.load_splits(seed=split_seed).val_images.numpy()])
+
+
+def measure(path: Path, loaded: tuple[torch.nn.Module, dict], pictures: dict[str, tuple[np.ndarray, np.ndarray]],
+            validation: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """One checkpoint (``loaded`` from ``path``): its threshold, chosen on its own validation split, and what
-    that threshold does. ``validation`` keeps each split's preprocessed digits for the next checkpoint."""
+    that threshold does. ``validation`` keeps each split's digits and their shape verdicts for the next checkpoint."""
     model, info = loaded
     normalization = dl.checkpoints.normalization(info, path)
     split_seed = dl.data.split_seed_of(info)
     if split_seed not in validation:
-        validation[split_seed] = np.stack([to_mnist(image) for image in
-                                           dl.data.load_splits(seed=split_seed).val_images.numpy()])
-    val = validation[split_seed]
-    val_shape = confidence.shape_rejected(val)
+        digits = validation_digits(split_seed)
+        validation[split_seed] = digits, confidence.shape_rejected(digits)
+    val, val_shape = validation[split_seed]
     val_top = top_probability(model, normalization, val)
     threshold = confidence.confidence_threshold(val_top, val_shape, confidence.DIGIT_REJECTION_BUDGET)
     threshold = float(np.floor(threshold * 100) / 100)  # the rule's steps of 0.01, as notebook 08
@@ -70,8 +75,8 @@ def measure(path: Path, loaded: tuple[torch.nn.Module, dict], pictures: dict[str
            "validation digits refused": float(np.mean(val_shape | (val_top < threshold))),
            "validation digits refused at MIN_CONFIDENCE": float(
                np.mean(val_shape | (val_top < confidence.MIN_CONFIDENCE)))}
-    for kind, images in pictures.items():
-        refused = confidence.shape_rejected(images) | (top_probability(model, normalization, images) < threshold)
+    for kind, (images, shape_rejected) in pictures.items():
+        refused = shape_rejected | (top_probability(model, normalization, images) < threshold)
         row["test digits refused" if kind == "test digits" else f"{kind} caught"] = float(refused.mean())
     return row
 
@@ -90,8 +95,7 @@ def main() -> None:
         for path in paths:
             if not Path(path).is_file():  # before the minutes of preparing pictures
                 parser.error(f"--recipe {name}: no checkpoint at {path}")
-    torch.manual_seed(0)
-    validation: dict[int, np.ndarray] = {}
+    validation: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     rows = []
     try:
         # Every checkpoint is loaded (and so checked) before the minutes of preparing pictures.
