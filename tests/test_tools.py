@@ -37,3 +37,14 @@ def test_a_file_that_is_no_checkpoint_gets_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
     assert "Traceback" not in result.stderr
+
+
+def test_an_existing_out_file_is_never_overwritten(tmp_path):
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"")
+    earlier = tmp_path / "figures.json"
+    earlier.write_text("[]\n")
+    result = run_tool("--recipe", "default", str(checkpoint), "--out", str(earlier))
+    assert result.returncode == 2
+    assert f"--out {earlier} exists" in result.stderr and "Traceback" not in result.stderr
+    assert earlier.read_text() == "[]\n"

@@ -14,7 +14,7 @@ Every picture goes through ``preprocess.to_mnist`` first, as a drawn or loaded o
 (over the checkpoints) for each recipe. Used for docs/results.md ("Label smoothing and the not-a-digit rule"):
 
     python tools/not_a_digit_by_recipe.py --recipe default models/cnn.pt models/seeds/cnn-seed*.pt \\
-        --recipe smoothed path/to/cnn6-ls-s*.pt --out build/results/not-a-digit-by-recipe.json
+        --recipe smoothed path/to/cnn6-ls-s*.pt --out build/not-a-digit-by-recipe.json
 """
 
 from __future__ import annotations
@@ -87,8 +87,12 @@ def main() -> None:
                         help="a recipe's name, then its checkpoints (repeat for each recipe)")
     parser.add_argument("--per-kind", type=int, default=500,
                         help="synthetic non-digits of each kind (default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="also write every checkpoint's figures to this JSON file")
+    parser.add_argument("--out", type=Path, help="also write every checkpoint's figures to this new JSON file")
     args = parser.parse_args()
+    if args.out is not None and args.out.exists():  # never over an earlier measurement
+        parser.error(f"--out {args.out} exists: name another file, or move that one away first")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: no folder {args.out.parent}; create it first")
     for name, *paths in args.recipe:
         if not paths:
             parser.error(f"--recipe {name}: name its checkpoints after it")
